@@ -1,0 +1,85 @@
+"""Array backends: the one module that knows about CuPy.
+
+Every other module takes its array namespace ``xp`` from the arrays it is
+given (:func:`xp_of`), so a single code path serves NumPy on the CPU and CuPy
+on a GPU.  CuPy is imported lazily, here only, and only when asked for: a
+machine without CUDA installs, imports and tests the project without it.
+"""
+import numpy as np
+
+__all__ = ["get_xp", "xp_of", "to_numpy", "cupy_available"]
+
+
+def _import_cupy():
+    """Import CuPy and check that a GPU is visible; explain what is missing."""
+    try:
+        import cupy  # noqa: PLC0415  (the only cupy import in the project)
+    except ImportError as exc:
+        raise RuntimeError(
+            "backend 'cupy' needs the CuPy package, which is not installed: "
+            "install the extra that matches your CUDA toolkit, e.g. "
+            "`pip install -e \".[cuda12]\"` (CUDA 12) or `pip install -e \".[cuda13]\"` (CUDA 13), "
+            "or use backend 'numpy'"
+        ) from exc
+    try:
+        n_gpus = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA driver missing or broken
+        raise RuntimeError(
+            "backend 'cupy': CuPy is installed but no GPU is visible "
+            f"({type(exc).__name__}: {exc}); check the NVIDIA driver and "
+            "CUDA_VISIBLE_DEVICES, or use backend 'numpy'"
+        ) from exc
+    if n_gpus < 1:
+        raise RuntimeError(
+            "backend 'cupy': CuPy is installed but no GPU is visible "
+            "(0 CUDA devices); check CUDA_VISIBLE_DEVICES, or use backend 'numpy'"
+        )
+    return cupy
+
+
+def get_xp(name):
+    """Return the array namespace called ``name`` ("numpy" or "cupy").
+
+    Raises ``RuntimeError`` for "cupy" when CuPy is not installed or no GPU is
+    visible (the message says which, and how to fix it), and ``ValueError``
+    for any other name.
+    """
+    if name == "numpy":
+        return np
+    if name == "cupy":
+        return _import_cupy()
+    raise ValueError(f"backend must be 'numpy' or 'cupy', got {name!r}")
+
+
+def cupy_available():
+    """True when CuPy imports and sees at least one GPU (never raises)."""
+    try:
+        _import_cupy()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _is_cupy_array(a):
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def xp_of(*arrays):
+    """The array namespace of ``arrays`` (numpy unless one is a CuPy array).
+
+    Non-array arguments (Python scalars, None) are ignored.  Mixing NumPy and
+    CuPy arrays is allowed only in the direction CuPy itself allows; the
+    namespace returned is CuPy's when any argument lives on the GPU.
+    """
+    for a in arrays:
+        if _is_cupy_array(a):
+            import sys
+            return sys.modules["cupy"]
+    return np
+
+
+def to_numpy(a):
+    """A NumPy copy (or view) of ``a``, wherever it lives."""
+    if _is_cupy_array(a):
+        return a.get()
+    return np.asarray(a)

@@ -1,0 +1,126 @@
+"""sparsemax: the Euclidean projection onto the probability simplex.
+
+    sparsemax(s) = argmin_{p in Δ^K} ||p - s||²          (paper §3, Eq. 3)
+
+Closed form (Martins & Astudillo 2016): ``p = [s - tau]_+`` with the threshold
+``tau = (Σ_{j<=k*} s_(j) - 1) / k*`` over the sorted scores
+``s_(1) >= s_(2) >= ...`` and ``k* = max{k : 1 + k s_(k) > Σ_{j<=k} s_(j)}``.
+Derivation of the forward map and of its Jacobian: docs/derivations.md §1.
+"""
+import numpy as np
+
+from ._checks import check_axis, check_grad, check_scores
+from .backend import xp_of
+
+__all__ = ["sparsemax", "sparsemax_vjp", "sparsemax_jacobian"]
+
+# Above this many entries per slice, the threshold is searched among the
+# candidates z_i >= max(z) - 1 only (see _threshold); below it a full sort is
+# cheaper and needs no host synchronisation on a GPU.
+_FULL_SORT_MAX_K = 64
+
+
+def _threshold_sorted(z_desc):
+    """``tau : (N, 1)`` from rows sorted in descending order, row maxima 0.
+
+    z_desc : (N, m), may hold -inf (masked) entries after the finite ones.
+    ``k*`` is the length of the prefix where ``1 + k z_(k) > Σ_{j<=k} z_(j)``.
+    """
+    xp = xp_of(z_desc)
+    ks = xp.arange(1, z_desc.shape[-1] + 1, dtype=z_desc.dtype)
+    finite = xp.isfinite(z_desc)
+    csum = xp.cumsum(xp.where(finite, z_desc, 0), axis=-1)            # (N, m)
+    k_star = xp.sum((1 + ks * z_desc > csum) & finite, axis=-1, keepdims=True)  # (N, 1), >= 1
+    csum_k = xp.take_along_axis(csum, k_star - 1, axis=-1)
+    return (csum_k - 1) / k_star.astype(z_desc.dtype)
+
+
+def _threshold(z):
+    """Threshold ``tau : (N, 1)`` for rows ``z : (N, K)`` whose maximum is 0.
+
+    ``tau >= max(z) - 1 = -1`` (the top entry gets at most probability 1), so
+    only entries with ``z_i >= -1`` can be in the support.  For long rows only
+    the ``m`` largest entries are sorted, ``m`` being the largest candidate
+    count in the batch (found with an O(K) partition).
+    """
+    xp = xp_of(z)
+    K = z.shape[-1]
+    if K > _FULL_SORT_MAX_K:
+        m = int(xp.max(xp.sum(z >= -1, axis=-1)))
+        if 4 * m < K:
+            top = xp.partition(z, K - m, axis=-1)[:, K - m:]   # (N, m) the m largest, unordered
+            return _threshold_sorted(xp.sort(top, axis=-1)[:, ::-1])
+    return _threshold_sorted(xp.sort(z, axis=-1)[:, ::-1])
+
+
+def sparsemax(scores, axis=-1):
+    """Sparse probability distribution: the Euclidean projection onto the simplex.
+
+    Solves ``argmin_{p ∈ Δ^K} ||p - scores||²`` along ``axis`` (paper §3, Eq. 3).
+
+    Parameters
+    ----------
+    scores : (..., K) float array (NumPy or CuPy).  ``-inf`` entries are allowed
+        and get probability 0 (masked); each slice needs a finite entry.
+    axis : the axis of the K categories.
+
+    Returns
+    -------
+    probs : same shape, dtype and device as ``scores``; each slice sums to 1,
+        with exact zeros outside the support.
+
+    Shifting by the slice maximum first makes the result exact for huge
+    magnitudes.  NaN, ``+inf`` or an all-``-inf`` slice raise ``ValueError``.
+    """
+    xp = check_scores(scores)
+    axis = check_axis(scores, axis)
+    s = xp.moveaxis(scores, axis, -1)
+    lead, K = s.shape[:-1], s.shape[-1]
+    s = s.reshape(-1, K)                                          # (N, K)
+    top = xp.max(s, axis=-1, keepdims=True)                       # (N, 1)
+    if bool(xp.any(top == -np.inf)):
+        raise ValueError("scores has a slice whose entries are all -inf; "
+                         "each slice needs at least one finite score")
+    z = s - top                                                   # row maxima are exactly 0
+    tau = _threshold(z)
+    probs = xp.maximum(z - tau, 0).astype(scores.dtype, copy=False)
+    return xp.moveaxis(probs.reshape(lead + (K,)), -1, axis)
+
+
+def sparsemax_vjp(probs, grad, axis=-1):
+    """Vector-Jacobian product of sparsemax, from its output.
+
+    ``J = diag(u) - u uᵀ / |S|`` with ``u = 1[probs > 0]`` the support
+    indicator and ``|S| = Σ u`` (paper §3; Martins & Astudillo 2016 Eq. 12), so
+
+        Jᵀ g = u ⊙ (g - (Σ_{i∈S} g_i) / |S|).
+
+    J is symmetric; the same formula is the JVP.
+
+    Parameters
+    ----------
+    probs : (..., K) the output of :func:`sparsemax` (or of top-k sparsemax).
+    grad : (..., K) cotangent, same shape.
+
+    Returns ``(..., K)``, zero outside the support, dtype of ``grad``.
+    """
+    check_grad(grad, probs)
+    xp = xp_of(probs, grad)
+    axis = check_axis(probs, axis)
+    u = (probs > 0).astype(grad.dtype)
+    mean_on_support = xp.sum(u * grad, axis=axis, keepdims=True) / xp.sum(u, axis=axis, keepdims=True)
+    return u * (grad - mean_on_support)
+
+
+def sparsemax_jacobian(probs, axis=-1):
+    """Dense Jacobian ``J = diag(u) - u uᵀ / |S|`` of sparsemax, for audits.
+
+    probs : (..., K) along ``axis``; returns ``(..., K, K)`` with the two
+    category axes last (``J[..., i, j] = ∂p_i / ∂s_j``).
+    """
+    xp = xp_of(probs)
+    axis = check_axis(probs, axis)
+    u = (xp.moveaxis(probs, axis, -1) > 0).astype(probs.dtype)   # (..., K)
+    size = xp.sum(u, axis=-1)[..., None, None]
+    eye = xp.eye(u.shape[-1], dtype=probs.dtype)
+    return eye * u[..., None, :] - u[..., :, None] * u[..., None, :] / size
