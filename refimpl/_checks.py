@@ -4,12 +4,8 @@ import numpy as np
 from .backend import xp_of
 
 
-def check_scores(scores, name="scores", allow_neg_inf=True):
-    """Validate a float array of scores; return its namespace ``xp``.
-
-    Raises ``TypeError`` for a non-array or non-float array and ``ValueError``
-    for an empty array, NaN, ``+inf`` (and ``-inf`` unless allowed).
-    """
+def check_array(scores, name="scores"):
+    """A non-empty float NumPy/CuPy array with at least one axis; returns ``xp``."""
     if not hasattr(scores, "dtype") or not hasattr(scores, "shape"):
         raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(scores).__name__}; "
                         f"wrap it with numpy.asarray(..., dtype=float)")
@@ -19,7 +15,16 @@ def check_scores(scores, name="scores", allow_neg_inf=True):
     if scores.ndim == 0 or scores.size == 0:
         raise ValueError(f"{name} must be a non-empty array with at least one axis, "
                          f"got shape {tuple(scores.shape)}")
-    xp = xp_of(scores)
+    return xp_of(scores)
+
+
+def check_scores(scores, name="scores", allow_neg_inf=True):
+    """Validate a float array of scores; return its namespace ``xp``.
+
+    Raises ``TypeError`` for a non-array or non-float array and ``ValueError``
+    for an empty array, NaN, ``+inf`` (and ``-inf`` unless allowed).
+    """
+    xp = check_array(scores, name)
     bad = xp.isnan(scores) | (scores == np.inf)
     if not allow_neg_inf:
         bad = bad | (scores == -np.inf)
@@ -27,6 +32,21 @@ def check_scores(scores, name="scores", allow_neg_inf=True):
         allowed = "finite values or -inf (masked)" if allow_neg_inf else "finite values"
         raise ValueError(f"{name} contains NaN or infinite entries; only {allowed} are allowed")
     return xp
+
+
+def check_row_maxima(scores, top, name="scores"):
+    """Validate scores from their slice maxima ``top`` (no extra pass over the data).
+
+    A NaN anywhere makes its slice maximum NaN, a ``+inf`` makes it ``+inf``,
+    an all-``-inf`` slice makes it ``-inf``: all are errors.  ``-inf`` entries
+    in a slice with a finite entry are valid (masked).
+    """
+    xp = xp_of(top)
+    if bool(xp.all(xp.isfinite(top))):
+        return
+    check_scores(scores, name)                  # raises for NaN / +inf
+    raise ValueError(f"{name} has a slice whose entries are all -inf; "
+                     f"each slice needs at least one finite score")
 
 
 def check_axis(x, axis, name="axis"):

@@ -9,7 +9,7 @@ Derivation of the forward map and of its Jacobian: docs/derivations.md §1.
 """
 import numpy as np
 
-from ._checks import check_axis, check_grad, check_scores
+from ._checks import check_array, check_axis, check_grad, check_row_maxima
 from .backend import xp_of
 
 __all__ = ["sparsemax", "sparsemax_vjp", "sparsemax_jacobian"]
@@ -28,29 +28,39 @@ def _threshold_sorted(z_desc):
     """
     xp = xp_of(z_desc)
     ks = xp.arange(1, z_desc.shape[-1] + 1, dtype=z_desc.dtype)
-    finite = xp.isfinite(z_desc)
-    csum = xp.cumsum(xp.where(finite, z_desc, 0), axis=-1)            # (N, m)
-    k_star = xp.sum((1 + ks * z_desc > csum) & finite, axis=-1, keepdims=True)  # (N, 1), >= 1
+    csum = xp.cumsum(z_desc, axis=-1)                                 # (N, m)
+    # -inf entries give -inf > -inf: False, never NaN (only additions of -inf).
+    k_star = xp.sum(1 + ks * z_desc > csum, axis=-1, keepdims=True)  # (N, 1), >= 1
     csum_k = xp.take_along_axis(csum, k_star - 1, axis=-1)
     return (csum_k - 1) / k_star.astype(z_desc.dtype)
 
 
-def _threshold(z):
-    """Threshold ``tau : (N, 1)`` for rows ``z : (N, K)`` whose maximum is 0.
+def _max_and_threshold(s, scores):
+    """Row maxima ``top`` and threshold ``tau`` of ``s - top``: both (N, 1).
 
-    ``tau >= max(z) - 1 = -1`` (the top entry gets at most probability 1), so
-    only entries with ``z_i >= -1`` can be in the support.  For long rows only
-    the ``m`` largest entries are sorted, ``m`` being the largest candidate
-    count in the batch (found with an O(K) partition).
+    ``scores`` (the caller's array) is only used to explain invalid input.
+
+    Short rows are sorted whole (the maximum is the last sorted entry).
+    Long rows use ``tau >= max(z) - 1 = -1`` (the top entry gets probability
+    at most 1): only entries with ``z_i >= -1`` can be in the support, so
+    only the ``m`` largest entries are sorted, ``m`` the largest candidate
+    count in the batch, found with an O(K) partition.
     """
-    xp = xp_of(z)
-    K = z.shape[-1]
+    xp = xp_of(s)
+    K = s.shape[-1]
     if K > _FULL_SORT_MAX_K:
+        top = xp.max(s, axis=-1, keepdims=True)
+        check_row_maxima(scores, top)                               # NaN, +inf, all -inf
+        z = s - top
         m = int(xp.max(xp.sum(z >= -1, axis=-1)))
         if 4 * m < K:
-            top = xp.partition(z, K - m, axis=-1)[:, K - m:]   # (N, m) the m largest, unordered
-            return _threshold_sorted(xp.sort(top, axis=-1)[:, ::-1])
-    return _threshold_sorted(xp.sort(z, axis=-1)[:, ::-1])
+            cand = xp.partition(z, K - m, axis=-1)[:, K - m:]      # (N, m) the m largest
+            return top, _threshold_sorted(xp.sort(cand, axis=-1)[:, ::-1])
+        return top, _threshold_sorted(xp.sort(z, axis=-1)[:, ::-1])
+    s_desc = xp.sort(s, axis=-1)[:, ::-1]                           # NaN sorts last: top = NaN
+    top = s_desc[:, :1]
+    check_row_maxima(scores, top)
+    return top, _threshold_sorted(s_desc - top)
 
 
 def sparsemax(scores, axis=-1):
@@ -72,19 +82,14 @@ def sparsemax(scores, axis=-1):
     Shifting by the slice maximum first makes the result exact for huge
     magnitudes.  NaN, ``+inf`` or an all-``-inf`` slice raise ``ValueError``.
     """
-    xp = check_scores(scores)
+    xp = check_array(scores)
     axis = check_axis(scores, axis)
-    s = xp.moveaxis(scores, axis, -1)
+    s = scores if axis == scores.ndim - 1 else xp.moveaxis(scores, axis, -1)
     lead, K = s.shape[:-1], s.shape[-1]
     s = s.reshape(-1, K)                                          # (N, K)
-    top = xp.max(s, axis=-1, keepdims=True)                       # (N, 1)
-    if bool(xp.any(top == -np.inf)):
-        raise ValueError("scores has a slice whose entries are all -inf; "
-                         "each slice needs at least one finite score")
-    z = s - top                                                   # row maxima are exactly 0
-    tau = _threshold(z)
-    probs = xp.maximum(z - tau, 0).astype(scores.dtype, copy=False)
-    return xp.moveaxis(probs.reshape(lead + (K,)), -1, axis)
+    top, tau = _max_and_threshold(s, scores)                      # (N, 1) each
+    probs = xp.maximum((s - top) - tau, 0).reshape(lead + (K,))  # shift first: exact for huge s
+    return probs if axis == scores.ndim - 1 else xp.moveaxis(probs, -1, axis)
 
 
 def sparsemax_vjp(probs, grad, axis=-1):
