@@ -1,0 +1,578 @@
+"""Primitive differentiable ops: each forward with its VJP right under it.
+
+Every op takes Tensors (or, where noted, constants), computes its output
+array with the array namespace of its inputs (NumPy or CuPy), and returns
+``make_output(out, parents, vjp, name)``.  The nested ``vjp(g)`` maps the
+cotangent ``g`` of the output (shape of the output) to one cotangent per
+parent (``None`` for a parent that needs none); its docstring states the
+Jacobian ``J`` whose transpose it applies.  VJPs never write into ``g`` nor
+into forward arrays.
+
+dtype rule: a non-Tensor operand (Python number or array) takes the dtype
+and device of the Tensor operand, so a constant never changes a
+computation's dtype; two Tensor operands must share a dtype (a ``TypeError``
+says how to fix it).  Outputs have the inputs' dtype and device.
+
+The Tensor wrappers of the refimpl mappings (sparsemax, top-k sparsemax,
+structured top-k, SparseMAP) are in :mod:`nets.mappings` and re-exported here.
+"""
+import builtins
+
+import numpy as np
+
+from refimpl.backend import xp_of
+
+from .autodiff import Tensor, as_tensor, make_output, unbroadcast
+
+__all__ = [
+    "add", "sub", "mul", "div", "neg", "pow", "matmul", "sum", "mean", "reshape",
+    "transpose", "getitem", "take_along_axis", "concatenate", "stack", "exp", "log",
+    "relu", "sigmoid", "tanh", "softplus", "log_softmax", "softmax", "logsumexp",
+    "cross_entropy", "bernoulli_log_likelihood", "gaussian_kl", "where",
+    "sparsemax", "topk_sparsemax", "structured_topk", "sparsemap",
+]
+
+
+# ------------------------------------------------------------------ helpers
+def _pair(a, b, op):
+    """Both operands as Tensors of one dtype (a constant adopts the Tensor's dtype)."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        if a.dtype != b.dtype:
+            raise TypeError(f"{op}: operands have dtypes {a.dtype} and {b.dtype}; cast one "
+                            f"first (e.g. Tensor(x.data.astype('{a.dtype}')))")
+        return a, b
+    if isinstance(a, Tensor):
+        return a, as_tensor(b, like=a)
+    if isinstance(b, Tensor):
+        return as_tensor(a, like=b), b
+    return as_tensor(a), as_tensor(b)
+
+
+def _tensors(tensors, op):
+    """A list of Tensors sharing one dtype."""
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError(f"{op}: needs at least one tensor")
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        raise TypeError(f"{op}: tensors have different dtypes {sorted(map(str, dtypes))}; "
+                        f"cast them to one dtype first")
+    return tensors
+
+
+def _axis(axis, ndim, op):
+    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+        raise ValueError(f"{op}: axis={axis!r} is out of range for a tensor with {ndim} axes")
+    return int(axis) % ndim
+
+
+def _axes(axis, ndim, op):
+    """``axis`` (None, int or tuple) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (int, np.integer)):
+        axis = (axis,)
+    return tuple(sorted(_axis(a, ndim, op) for a in axis))
+
+
+def _constant(x, like, name, op):
+    """A non-differentiable array argument on ``like``'s device."""
+    if isinstance(x, Tensor):
+        if x.requires_grad:
+            raise TypeError(f"{op}: {name} is treated as a constant and gets no gradient; "
+                            f"pass {name}.data (or {name}.detach())")
+        x = x.data
+    return like.xp.asarray(x)
+
+
+# --------------------------------------------------------------- arithmetic
+def add(a, b):
+    """``a + b`` elementwise, with NumPy broadcasting."""
+    a, b = _pair(a, b, "add")
+
+    def vjp(g):
+        """J_a = J_b = I (then summed over the axes each operand was broadcast along)."""
+        return unbroadcast(g, a.shape), unbroadcast(g, b.shape)
+
+    return make_output(a.data + b.data, (a, b), vjp, "add")
+
+
+def sub(a, b):
+    """``a - b`` elementwise, with broadcasting."""
+    a, b = _pair(a, b, "sub")
+
+    def vjp(g):
+        """J_a = I, J_b = -I (then unbroadcast)."""
+        return unbroadcast(g, a.shape), (-unbroadcast(g, b.shape) if b.requires_grad else None)
+
+    return make_output(a.data - b.data, (a, b), vjp, "sub")
+
+
+def mul(a, b):
+    """``a * b`` elementwise, with broadcasting."""
+    a, b = _pair(a, b, "mul")
+
+    def vjp(g):
+        """J_a = diag(b), J_b = diag(a) (then unbroadcast)."""
+        return (unbroadcast(g * b.data, a.shape) if a.requires_grad else None,
+                unbroadcast(g * a.data, b.shape) if b.requires_grad else None)
+
+    return make_output(a.data * b.data, (a, b), vjp, "mul")
+
+
+def div(a, b):
+    """``a / b`` elementwise, with broadcasting."""
+    a, b = _pair(a, b, "div")
+    out = a.data / b.data
+
+    def vjp(g):
+        """J_a = diag(1/b), J_b = diag(-a/b²) = diag(-out/b) (then unbroadcast)."""
+        return (unbroadcast(g / b.data, a.shape) if a.requires_grad else None,
+                unbroadcast(-(g * out) / b.data, b.shape) if b.requires_grad else None)
+
+    return make_output(out, (a, b), vjp, "div")
+
+
+def neg(a):
+    """``-a``."""
+    a = as_tensor(a)
+
+    def vjp(g):
+        """J = -I."""
+        return (-g,)
+
+    return make_output(-a.data, (a,), vjp, "neg")
+
+
+def pow(a, exponent):
+    """``a ** exponent`` elementwise for a Python number ``exponent``."""
+    a = as_tensor(a)
+    if isinstance(exponent, Tensor) or not isinstance(exponent, (int, float, np.number)):
+        raise TypeError(f"pow: exponent must be a Python number, got {type(exponent).__name__}; "
+                        f"for a tensor exponent use exp(b * log(a))")
+    p = float(exponent)
+
+    def vjp(g):
+        """J = diag(p a^(p-1))."""
+        return (g * (p * a.data ** (p - 1)),)
+
+    return make_output(a.data ** p, (a,), vjp, "pow")
+
+
+def matmul(a, b):
+    """``a @ b``: batched matrix product; leading (batch) axes broadcast.
+
+    Shapes: ``(..., m, n) @ (..., n, p) -> (..., m, p)``; a 1-D operand is a
+    row (left) or a column (right) vector that is dropped from the output, as
+    in NumPy.
+    """
+    a, b = _pair(a, b, "matmul")
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: operands need at least one axis, got shapes {a.shape} "
+                         f"and {b.shape}; use mul for scalars")
+    xp = a.xp
+    out = xp.matmul(a.data, b.data)
+
+    def vjp(g):
+        """For C = A B: dA = G Bᵀ, dB = Aᵀ G (vectors promoted to matrices, then unbroadcast)."""
+        A = a.data[None, :] if a.ndim == 1 else a.data
+        B = b.data[:, None] if b.ndim == 1 else b.data
+        G = g[..., None] if b.ndim == 1 else g
+        G = G[..., None, :] if a.ndim == 1 else G
+        ga = gb = None
+        if a.requires_grad:
+            ga = unbroadcast(xp.matmul(G, xp.swapaxes(B, -1, -2)), A.shape).reshape(a.shape)
+        if b.requires_grad:
+            gb = unbroadcast(xp.matmul(xp.swapaxes(A, -1, -2), G), B.shape).reshape(b.shape)
+        return ga, gb
+
+    return make_output(out, (a, b), vjp, "matmul")
+
+
+# ------------------------------------------------------------ reductions, shape
+def sum(a, axis=None, keepdims=False):
+    """Sum over ``axis`` (None: all axes; int or tuple)."""
+    a = as_tensor(a)
+    axes = _axes(axis, a.ndim, "sum")
+    out = a.data.sum(axis=axes, keepdims=keepdims)
+
+    def vjp(g):
+        """J = 1ᵀ along the summed axes: the cotangent is broadcast back."""
+        if not keepdims:
+            g = g.reshape(tuple(1 if i in axes else n for i, n in enumerate(a.shape)))
+        return (a.xp.broadcast_to(g, a.shape),)
+
+    return make_output(out, (a,), vjp, "sum")
+
+
+def mean(a, axis=None, keepdims=False):
+    """Mean over ``axis`` (None: all axes; int or tuple)."""
+    a = as_tensor(a)
+    count = int(np.prod([a.shape[i] for i in _axes(axis, a.ndim, "mean")], dtype=np.int64))
+    return div(sum(a, axis=axis, keepdims=keepdims), count)
+
+
+def reshape(a, shape):
+    """``a`` with a new ``shape`` (same number of elements; one -1 allowed)."""
+    a = as_tensor(a)
+
+    def vjp(g):
+        """J = I (a reshape): the cotangent is reshaped back."""
+        return (g.reshape(a.shape),)
+
+    return make_output(a.data.reshape(shape), (a,), vjp, "reshape")
+
+
+def transpose(a, axes=None):
+    """Permute the axes (None: reverse them)."""
+    a = as_tensor(a)
+    axes = tuple(range(a.ndim))[::-1] if axes is None else tuple(_axis(i, a.ndim, "transpose")
+                                                                  for i in axes)
+    if sorted(axes) != list(range(a.ndim)):
+        raise ValueError(f"transpose: axes {axes} are not a permutation of {a.ndim} axes")
+    inverse = tuple(int(i) for i in np.argsort(axes))
+
+    def vjp(g):
+        """J is a permutation: the cotangent is permuted back with the inverse permutation."""
+        return (g.transpose(inverse),)
+
+    return make_output(a.data.transpose(axes), (a,), vjp, "transpose")
+
+
+def _index(index, xp):
+    """Tensors and lists inside an index become arrays of namespace ``xp``."""
+    items = index if isinstance(index, tuple) else (index,)
+    items = tuple(i.data if isinstance(i, Tensor) else int(i) if isinstance(i, np.integer)
+                  else xp.asarray(i) if isinstance(i, list) or hasattr(i, "shape") else i
+                  for i in items)
+    basic = builtins.all(isinstance(i, (slice, type(None), type(Ellipsis)))
+                         or (isinstance(i, (int, np.integer)) and not isinstance(i, bool))
+                         for i in items)
+    return (items if isinstance(index, tuple) else items[0]), basic
+
+
+def getitem(a, index):
+    """``a[index]``: basic (ints, slices, None, ...) and integer/boolean-array indexing."""
+    a = as_tensor(a)
+    xp = a.xp
+    index, basic = _index(index, xp)
+
+    def vjp(g):
+        """J selects entries: the cotangent is scattered back, summing repeated indices."""
+        grad = xp.zeros(a.shape, dtype=a.dtype)
+        if basic:                    # basic indexing selects each entry at most once
+            grad[index] = g
+        else:
+            xp.add.at(grad, index, g)
+        return (grad,)
+
+    return make_output(a.data[index], (a,), vjp, "getitem")
+
+
+def take_along_axis(a, indices, axis=-1):
+    """``xp.take_along_axis(a, indices, axis)``; ``indices`` is an integer array (constant)."""
+    a = as_tensor(a)
+    xp = a.xp
+    axis = _axis(axis, a.ndim, "take_along_axis")
+    indices = _constant(indices, a, "indices", "take_along_axis")
+    if indices.dtype.kind not in "iu" or indices.ndim != a.ndim:
+        raise ValueError(f"take_along_axis: indices must be an integer array with {a.ndim} axes, "
+                         f"got dtype {indices.dtype} and shape {tuple(indices.shape)}")
+    out = xp.take_along_axis(a.data, indices, axis=axis)
+
+    def vjp(g):
+        """J selects entries along ``axis``: scatter-add the cotangent back."""
+        index = []
+        for d in range(a.ndim):
+            shape = [1] * a.ndim
+            shape[d] = out.shape[d]
+            if d == axis:
+                index.append(xp.broadcast_to(indices, out.shape))
+            elif a.shape[d] == out.shape[d]:
+                index.append(xp.arange(out.shape[d]).reshape(shape))
+            else:                    # a had size 1 here and was broadcast
+                index.append(xp.zeros(shape, dtype=np.int64))
+        grad = xp.zeros(a.shape, dtype=a.dtype)
+        xp.add.at(grad, tuple(index), g)
+        return (grad,)
+
+    return make_output(out, (a,), vjp, "take_along_axis")
+
+
+def concatenate(tensors, axis=0):
+    """Join tensors along an existing ``axis``."""
+    tensors = _tensors(tensors, "concatenate")
+    axis = _axis(axis, tensors[0].ndim, "concatenate")
+    xp = tensors[0].xp
+    out = xp.concatenate([t.data for t in tensors], axis=axis)
+    bounds = np.cumsum([0] + [t.shape[axis] for t in tensors])
+
+    def vjp(g):
+        """J stacks identity blocks: each input gets its slice of the cotangent."""
+        lead = (slice(None),) * axis
+        return tuple(g[lead + (slice(int(lo), int(hi)),)] for lo, hi in zip(bounds[:-1], bounds[1:]))
+
+    return make_output(out, tensors, vjp, "concatenate")
+
+
+def stack(tensors, axis=0):
+    """Join same-shaped tensors along a new ``axis``."""
+    tensors = _tensors(tensors, "stack")
+    axis = _axis(axis, tensors[0].ndim + 1, "stack")
+    out = tensors[0].xp.stack([t.data for t in tensors], axis=axis)
+
+    def vjp(g):
+        """J stacks identity blocks: input i gets the cotangent's slice i along ``axis``."""
+        lead = (slice(None),) * axis
+        return tuple(g[lead + (i,)] for i in range(len(tensors)))
+
+    return make_output(out, tensors, vjp, "stack")
+
+
+# ------------------------------------------------------------- elementwise
+def exp(a):
+    """``exp(a)`` elementwise."""
+    a = as_tensor(a)
+    out = a.xp.exp(a.data)
+
+    def vjp(g):
+        """J = diag(exp(a))."""
+        return (g * out,)
+
+    return make_output(out, (a,), vjp, "exp")
+
+
+def log(a):
+    """Natural log elementwise (``a > 0``)."""
+    a = as_tensor(a)
+
+    def vjp(g):
+        """J = diag(1/a)."""
+        return (g / a.data,)
+
+    return make_output(a.xp.log(a.data), (a,), vjp, "log")
+
+
+def relu(a):
+    """``max(a, 0)`` elementwise."""
+    a = as_tensor(a)
+    positive = a.data > 0
+
+    def vjp(g):
+        """J = diag(1[a > 0]) (the subgradient 0 is taken at a = 0)."""
+        return (g * positive,)
+
+    return make_output(a.data * positive, (a,), vjp, "relu")
+
+
+def _softplus(x):
+    """Stable ``log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))``: no overflow for any |x|."""
+    xp = xp_of(x)
+    return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def _exp_neg_softplus(x):
+    """Stable logistic function ``sigmoid(x) = exp(-softplus(-x))``."""
+    return xp_of(x).exp(-_softplus(-x))
+
+
+def sigmoid(a):
+    """Logistic ``1 / (1 + exp(-a))`` elementwise, stable for large |a|."""
+    a = as_tensor(a)
+    out = _exp_neg_softplus(a.data)
+
+    def vjp(g):
+        """J = diag(s (1 - s)), s = sigmoid(a)."""
+        return (g * (out * (1 - out)),)
+
+    return make_output(out, (a,), vjp, "sigmoid")
+
+
+def tanh(a):
+    """``tanh(a)`` elementwise."""
+    a = as_tensor(a)
+    out = a.xp.tanh(a.data)
+
+    def vjp(g):
+        """J = diag(1 - tanh(a)²)."""
+        return (g * (1 - out * out),)
+
+    return make_output(out, (a,), vjp, "tanh")
+
+
+def softplus(a):
+    """``log(1 + exp(a))`` elementwise, computed as ``max(a, 0) + log1p(exp(-|a|))``."""
+    a = as_tensor(a)
+
+    def vjp(g):
+        """J = diag(sigmoid(a))."""
+        return (g * _exp_neg_softplus(a.data),)
+
+    return make_output(_softplus(a.data), (a,), vjp, "softplus")
+
+
+# ---------------------------------------------------------- softmax family
+def _logsumexp(x, axis):
+    """Stable ``log Σ exp(x)`` over ``axis`` (keepdims); ``-inf`` entries allowed.
+
+    Shifts by the slice max (0 when the max is not finite); an all-``-inf``
+    slice gives ``-inf`` without a warning.  ``+inf``/NaN are not supported.
+    """
+    xp = xp_of(x)
+    m = x.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+    s = xp.exp(x - m).sum(axis=axis, keepdims=True)
+    positive = s > 0
+    lse = m + xp.log(xp.where(positive, s, xp.ones_like(s)))
+    return xp.where(positive, lse, xp.full_like(lse, -np.inf))
+
+
+def _softmax_from(x, lse):
+    """``exp(x - lse)``: exact zeros where ``x = -inf``, also in an all-``-inf`` slice
+    (there ``lse = -inf`` is replaced by 0, so no ``-inf - -inf`` is formed)."""
+    xp = xp_of(x)
+    return xp.exp(x - xp.where(xp.isfinite(lse), lse, xp.zeros_like(lse)))
+
+
+def logsumexp(a, axis=-1, keepdims=False):
+    """``log Σ_axis exp(a)``, stable; ``-inf`` entries allowed (their gradient is 0)."""
+    a = as_tensor(a)
+    axis = _axis(axis, a.ndim, "logsumexp")
+    lse = _logsumexp(a.data, axis)
+
+    def vjp(g):
+        """J = pᵀ along ``axis``, p = softmax(a): the cotangent is spread as g p."""
+        g = g if keepdims else a.xp.expand_dims(g, axis)
+        return (g * _softmax_from(a.data, lse),)
+
+    return make_output(lse if keepdims else lse.squeeze(axis), (a,), vjp, "logsumexp")
+
+
+def log_softmax(a, axis=-1):
+    """``a - logsumexp(a)`` along ``axis``; ``-inf`` entries give ``-inf`` and a finite gradient.
+
+    Each slice needs at least one finite entry.
+    """
+    a = as_tensor(a)
+    axis = _axis(axis, a.ndim, "log_softmax")
+    lse = _logsumexp(a.data, axis)
+    p = _softmax_from(a.data, lse)
+
+    def vjp(g):
+        """J = I - 1 pᵀ (p = softmax(a)), so Jᵀ g = g - p Σ g."""
+        return (g - p * g.sum(axis=axis, keepdims=True),)
+
+    return make_output(a.data - lse, (a,), vjp, "log_softmax")
+
+
+def softmax(a, axis=-1):
+    """``exp(a) / Σ exp(a)`` along ``axis``, stable; ``-inf`` entries get probability 0."""
+    a = as_tensor(a)
+    axis = _axis(axis, a.ndim, "softmax")
+    p = _softmax_from(a.data, _logsumexp(a.data, axis))
+
+    def vjp(g):
+        """J = diag(p) - p pᵀ, so Jᵀ g = p * (g - <p, g>)."""
+        return (p * (g - (p * g).sum(axis=axis, keepdims=True)),)
+
+    return make_output(p, (a,), vjp, "softmax")
+
+
+def cross_entropy(logits, targets, axis=-1):
+    """Per-example ``-log softmax(logits)[target]``, no reduction.
+
+    logits : (..., K, ...) Tensor with the K classes along ``axis``.
+    targets : integer array shaped like ``logits`` without ``axis``, values in [0, K).
+    Returns a Tensor of ``targets``' shape.
+    """
+    logits = as_tensor(logits)
+    xp = logits.xp
+    axis = _axis(axis, logits.ndim, "cross_entropy")
+    targets = _constant(targets, logits, "targets", "cross_entropy")
+    K = logits.shape[axis]
+    expected = logits.shape[:axis] + logits.shape[axis + 1:]
+    if targets.dtype.kind not in "iu" or tuple(targets.shape) != expected:
+        raise ValueError(f"cross_entropy: targets must be an integer array of shape {expected} "
+                         f"(logits without axis {axis}), got dtype {targets.dtype} and shape "
+                         f"{tuple(targets.shape)}")
+    if targets.size and (int(targets.min()) < 0 or int(targets.max()) >= K):
+        raise ValueError(f"cross_entropy: targets must lie in [0, {K}), got values in "
+                         f"[{int(targets.min())}, {int(targets.max())}]")
+    x = logits.data
+    t = xp.expand_dims(targets, axis)
+    lse = _logsumexp(x, axis)
+    out = (lse - xp.take_along_axis(x, t, axis=axis)).squeeze(axis)
+
+    def vjp(g):
+        """J = pᵀ - e_targetᵀ (p = softmax(logits)), so Jᵀ g = g (p - onehot)."""
+        shape = [1] * x.ndim
+        shape[axis] = K
+        onehot = xp.arange(K).reshape(shape) == t
+        return (xp.expand_dims(g, axis) * (_softmax_from(x, lse) - onehot),)
+
+    return make_output(out, (logits,), vjp, "cross_entropy")
+
+
+# ------------------------------------------------------- likelihoods, KL, where
+def bernoulli_log_likelihood(logits, x):
+    """Elementwise ``log Bernoulli(x; sigmoid(logits)) = x l - softplus(l)``.
+
+    logits : Tensor; x : constant array of the same shape with values in [0, 1]
+    (fractional x gives the usual continuous relaxation of the same formula).
+    """
+    logits = as_tensor(logits)
+    xp = logits.xp
+    x = _constant(x, logits, "x", "bernoulli_log_likelihood").astype(logits.dtype, copy=False)
+    if tuple(x.shape) != logits.shape:
+        raise ValueError(f"bernoulli_log_likelihood: x has shape {tuple(x.shape)}, expected the "
+                         f"logits' shape {logits.shape}")
+    if bool(xp.any((x < 0) | (x > 1))):
+        raise ValueError("bernoulli_log_likelihood: x must lie in [0, 1]")
+    l = logits.data
+
+    def vjp(g):
+        """J = diag(x - sigmoid(l))."""
+        return (g * (x - _exp_neg_softplus(l)),)
+
+    return make_output(x * l - _softplus(l), (logits,), vjp, "bernoulli_log_likelihood")
+
+
+def gaussian_kl(mu, logvar):
+    """``KL(N(mu, diag(exp(logvar))) || N(0, I))`` summed over the last axis.
+
+    ``0.5 Σ (exp(logvar) + mu² - 1 - logvar)``; mu, logvar : (..., H) -> (...,).
+    """
+    mu, logvar = _pair(mu, logvar, "gaussian_kl")
+    if mu.shape != logvar.shape or mu.ndim == 0:
+        raise ValueError(f"gaussian_kl: mu and logvar must have one shape with at least one "
+                         f"axis, got {mu.shape} and {logvar.shape}")
+    var = logvar.xp.exp(logvar.data)
+    out = 0.5 * (var + mu.data * mu.data - 1 - logvar.data).sum(axis=-1)
+
+    def vjp(g):
+        """J_mu = muᵀ, J_logvar = ½ (exp(logvar) - 1)ᵀ, per row."""
+        g = g[..., None]
+        return g * mu.data, g * (0.5 * (var - 1))
+
+    return make_output(out, (mu, logvar), vjp, "gaussian_kl")
+
+
+def where(cond, a, b):
+    """``a`` where ``cond`` else ``b`` (with broadcasting); ``cond`` is a constant bool array."""
+    a, b = _pair(a, b, "where")
+    xp = a.xp
+    cond = _constant(cond, a, "cond", "where")
+    if cond.dtype != bool:
+        raise TypeError(f"where: cond must be a boolean array, got {cond.dtype}")
+    out = xp.where(cond, a.data, b.data)
+
+    def vjp(g):
+        """J_a = diag(cond), J_b = diag(not cond) (then unbroadcast)."""
+        zero = xp.zeros((), dtype=g.dtype)
+        return (unbroadcast(xp.where(cond, g, zero), a.shape) if a.requires_grad else None,
+                unbroadcast(xp.where(cond, zero, g), b.shape) if b.requires_grad else None)
+
+    return make_output(out, (a, b), vjp, "where")
+
+
+from .mappings import sparsemap, sparsemax, structured_topk, topk_sparsemax  # noqa: E402
