@@ -181,6 +181,20 @@ def _step_back(xi_old, xi_new, active):
     return xi, leave
 
 
+def _denoise(resid, t):
+    """Set residual entries at rounding level to exactly 0.
+
+    Once ``μ_i = t_i`` the residual ``t_i - μ_i`` is zero in exact arithmetic
+    but ``±1e-16`` in floating point, and an oracle such as ``1[r > 0]`` would
+    pick its vertex by the sign of rounding error: the active-set path (and so
+    the returned ξ) would jump under perturbations of t far below any
+    tolerance.  Entries with ``|r_i| <= 64 ε (1 + ||t||_∞)`` are zeroed first.
+    """
+    xp = xp_of(resid)
+    floor = 64 * np.finfo(resid.dtype).eps * (1 + xp.max(xp.abs(t), axis=-1, keepdims=True))
+    return xp.where(xp.abs(resid) <= floor, 0, resid)
+
+
 def _iterate(sets, oracle, tol):
     """One active-set step for every running row; returns the (n,) mask of
     rows that have converged (their state is final)."""
@@ -193,7 +207,7 @@ def _iterate(sets, oracle, tol):
         sets.xi = xp.where(has_neg[:, None], xi, xi_new)
         sets.drop(has_neg, leave)
     resid = sets.t - (sets.xi[:, None, :] @ sets.V)[:, 0, :]       # t - μ, (n, D)
-    z = oracle(resid)                                              # most violated vertex
+    z = oracle(_denoise(resid, sets.t))                            # most violated vertex
     g = sets.overlaps(z)
     gain = xp.sum(z * resid, axis=-1) - tau                        # <a_z, t - μ> - τ
     converged = ~has_neg & ((gain <= tol * (1 + xp.max(xp.abs(sets.t), axis=-1)))
