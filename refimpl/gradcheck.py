@@ -70,7 +70,7 @@ def check_vjp(f, vjp, x, *, piece=None, n_directions=4, eps=1e-6,
     n_directions : number of random (v, u) pairs.
     eps, rtol, atol : step and tolerances; a direction passes when
         ``|numeric - analytic| <= atol + rtol * max(|numeric|, |analytic|, scale)``
-        with ``scale = |v| |u|`` times the largest VJP entry.
+        with ``scale`` the largest absolute entry of the VJP.
 
     Raises ``AssertionError`` (with both numbers) on a mismatch,
     ``NondifferentiableError`` when a step crosses a kink, ``TypeError`` for

@@ -26,8 +26,10 @@ def budget_oracle(B):
     ``t`` among the positive ones: O(D log D) by sorting.  Ties between equal
     scores go to the lower index.
     """
-    if isinstance(B, bool) or not isinstance(B, (int, np.integer)) or B < 0:
-        raise ValueError(f"budget B must be a non-negative integer, got {B!r}")
+    if isinstance(B, bool) or not isinstance(B, (int, np.integer)):
+        raise TypeError(f"budget B must be an integer, got {type(B).__name__} {B!r}")
+    if B < 0:
+        raise ValueError(f"budget B must be non-negative, got {B}")
     B = int(B)
 
     def oracle(t):

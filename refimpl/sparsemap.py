@@ -182,17 +182,29 @@ def _step_back(xi_old, xi_new, active):
 
 
 def _denoise(resid, t):
-    """Set residual entries at rounding level to exactly 0.
+    """Make residual entries that are equal up to rounding exactly equal.
 
-    Once ``μ_i = t_i`` the residual ``t_i - μ_i`` is zero in exact arithmetic
-    but ``±1e-16`` in floating point, and an oracle such as ``1[r > 0]`` would
-    pick its vertex by the sign of rounding error: the active-set path (and so
-    the returned ξ) would jump under perturbations of t far below any
-    tolerance.  Entries with ``|r_i| <= 64 ε (1 + ||t||_∞)`` are zeroed first.
+    Once ``μ_i = t_i`` the residual ``t_i - μ_i`` is zero in exact arithmetic,
+    and entries of equal exact value differ only by rounding (``~1e-16``).
+    An oracle such as ``1[r > 0]`` or "the B largest, ties to the lower index"
+    would then pick its vertex by the sign or order of rounding errors, and
+    the active-set path (hence the returned ξ) would jump under perturbations
+    of t far below any tolerance.  So, with ``floor = 64 ε (1 + ||t||_∞)``:
+    sorted neighbours closer than ``floor`` are merged onto the smallest value
+    of their run, and entries with ``|r_i| <= floor`` become exactly 0.
     """
     xp = xp_of(resid)
     floor = 64 * np.finfo(resid.dtype).eps * (1 + xp.max(xp.abs(t), axis=-1, keepdims=True))
-    return xp.where(xp.abs(resid) <= floor, 0, resid)
+    order = xp.argsort(resid, axis=-1)
+    r_sorted = xp.take_along_axis(resid, order, axis=-1)                # (n, D) ascending
+    starts = xp.concatenate([xp.ones_like(r_sorted[:, :1], dtype=bool),
+                             xp.diff(r_sorted, axis=-1) > floor], axis=-1)
+    run = xp.cumsum(starts, axis=-1) - 1                                # run index of each entry
+    start_pos = xp.argsort(~starts, axis=-1, kind="stable")             # run starts, in order
+    merged_sorted = xp.take_along_axis(r_sorted, xp.take_along_axis(start_pos, run, axis=-1), axis=-1)
+    merged = xp.empty_like(resid)
+    xp.put_along_axis(merged, order, merged_sorted, axis=-1)
+    return xp.where(xp.abs(merged) <= floor, 0, merged)
 
 
 def _iterate(sets, oracle, tol):

@@ -57,7 +57,7 @@ def _max_and_threshold(s, scores):
             cand = xp.partition(z, K - m, axis=-1)[:, K - m:]      # (N, m) the m largest
             return top, _threshold_sorted(xp.sort(cand, axis=-1)[:, ::-1])
         return top, _threshold_sorted(xp.sort(z, axis=-1)[:, ::-1])
-    s_desc = xp.sort(s, axis=-1)[:, ::-1]                           # NaN sorts last: top = NaN
+    s_desc = xp.sort(s, axis=-1)[:, ::-1]                           # NaN sorts first: top = NaN
     top = s_desc[:, :1]
     check_row_maxima(scores, top)
     return top, _threshold_sorted(s_desc - top)
@@ -87,8 +87,9 @@ def sparsemax(scores, axis=-1):
     s = scores if axis == scores.ndim - 1 else xp.moveaxis(scores, axis, -1)
     lead, K = s.shape[:-1], s.shape[-1]
     s = s.reshape(-1, K)                                          # (N, K)
-    top, tau = _max_and_threshold(s, scores)                      # (N, 1) each
-    probs = xp.maximum((s - top) - tau, 0).reshape(lead + (K,))  # shift first: exact for huge s
+    with np.errstate(over="ignore"):                              # s - top may overflow to -inf: fine
+        top, tau = _max_and_threshold(s, scores)                  # (N, 1) each
+        probs = xp.maximum((s - top) - tau, 0).reshape(lead + (K,))  # shift first: exact for huge s
     return probs if axis == scores.ndim - 1 else xp.moveaxis(probs, -1, axis)
 
 
@@ -113,8 +114,18 @@ def sparsemax_vjp(probs, grad, axis=-1):
     xp = xp_of(probs, grad)
     axis = check_axis(probs, axis)
     u = (probs > 0).astype(grad.dtype)
-    mean_on_support = xp.sum(u * grad, axis=axis, keepdims=True) / xp.sum(u, axis=axis, keepdims=True)
-    return u * (grad - mean_on_support)
+    size = _support_size(u, axis)
+    return u * (grad - xp.sum(u * grad, axis=axis, keepdims=True) / size)
+
+
+def _support_size(u, axis):
+    """``|S|`` per slice (keepdims); an empty support is not a sparsemax output."""
+    xp = xp_of(u)
+    size = xp.sum(u, axis=axis, keepdims=True)
+    if bool(xp.any(size == 0)):
+        raise ValueError("probs has a slice with no positive entry, so it is not a sparsemax "
+                         "output; pass the probabilities returned by sparsemax")
+    return size
 
 
 def sparsemax_jacobian(probs, axis=-1):
@@ -123,9 +134,9 @@ def sparsemax_jacobian(probs, axis=-1):
     probs : (..., K) along ``axis``; returns ``(..., K, K)`` with the two
     category axes last (``J[..., i, j] = ∂p_i / ∂s_j``).
     """
-    xp = xp_of(probs)
+    xp = check_array(probs, "probs")
     axis = check_axis(probs, axis)
     u = (xp.moveaxis(probs, axis, -1) > 0).astype(probs.dtype)   # (..., K)
-    size = xp.sum(u, axis=-1)[..., None, None]
+    size = _support_size(u, -1)[..., None]
     eye = xp.eye(u.shape[-1], dtype=probs.dtype)
     return eye * u[..., None, :] - u[..., :, None] * u[..., None, :] / size

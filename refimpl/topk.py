@@ -109,10 +109,15 @@ def kbest_bitvectors(t, k):
     the empty set and the m single flips are m+1 >= k subsets no worse than
     any set flipping another bit.  Cost O(k m log k) per example, batched.
 
-    Ties (a documented, deterministic total order).  Rank the bits by
-    ``|t_i|`` ascending, equal values by lower index.  Among vectors of equal
-    score, the one whose flip set F (relative to ``z*``) has the smaller
-    ``Σ_{i∈F} 2^rank(i)`` comes first.  Bits with ``t_i = 0`` are off in ``z*``.
+    Order and ties (documented, deterministic).  Rank the bits by ``|t_i|``
+    ascending, equal values by lower index.  Vectors are ordered by their
+    score, and among equal scores the flip set F (bits flipped from ``z*``)
+    with the smaller ``Σ_{i∈F} 2^rank(i)`` comes first.  The comparison uses
+    the flip costs ``Σ_{i∈F} |t_i|`` as computed in ``t``'s dtype: when those
+    sums are exact (e.g. small dyadic rationals) the order is exactly the one
+    above; otherwise vectors whose exact scores differ by less than the
+    rounding of their costs may come in either order (still deterministically).
+    Bits with ``t_i = 0`` are off in ``z*``.
     """
     xp = check_scores(t, "t", allow_neg_inf=False)
     D = t.shape[-1]
