@@ -252,7 +252,11 @@ def sparsemap(t, oracle, max_iter=None, tol=1e-9):
     oracle : callable ``(n, D) -> (n, D)`` 0/1 maximizer, e.g.
         :func:`refimpl.bitvector_oracle` or :func:`refimpl.budget_oracle` (B).
     max_iter : iteration cap (default ``20 (D + 2)``); ``RuntimeError`` if hit.
-    tol : relative optimality tolerance.
+    tol : optimality tolerance, relative to ``1 + ||t||_∞``.  The marginals
+        are accurate to about ``1e-9 (1 + ||t||_∞)`` at the default: entries
+        that differ by many orders of magnitude (say ``|t_i| >= 1e7`` beside
+        O(1) entries) cannot be resolved by the solves, whose right-hand
+        sides add them up (docs/derivations.md §4.2).
 
     Returns
     -------
