@@ -55,6 +55,16 @@ def _piece_of(f, piece):
     return piece
 
 
+def _refuse_kink(p0, piece_fn, x_plus, x_minus, where):
+    """Raise :class:`NondifferentiableError` unless both steps stay on piece ``p0``."""
+    for side, xs in (("+", x_plus), ("-", x_minus)):
+        if not _same_piece(p0, piece_fn(xs)):
+            raise NondifferentiableError(
+                f"the piece (support) of f changes between x and the {side} step of {where}; "
+                f"f is not differentiable there, so no finite difference is taken: pick a "
+                f"point away from the kink or a smaller eps")
+
+
 def check_vjp(f, vjp, x, *, piece=None, n_directions=4, eps=1e-6,
               rtol=1e-6, atol=1e-9, seed=0):
     """Check ``vjp`` against central differences of ``f`` at ``x``.
@@ -87,13 +97,7 @@ def check_vjp(f, vjp, x, *, piece=None, n_directions=4, eps=1e-6,
         v = xp.asarray(rng.standard_normal(x.shape))
         u = xp.asarray(rng.standard_normal(y.shape))
         x_plus, x_minus = x + eps * v, x - eps * v
-        for side, xs in (("+", x_plus), ("-", x_minus)):
-            if not _same_piece(p0, piece_fn(xs)):
-                raise NondifferentiableError(
-                    f"the piece (support) of f changes between x and x {side} eps*v "
-                    f"(eps={eps:g}, direction {d}); f is not differentiable along this "
-                    f"segment, so no finite difference is taken: pick a point away "
-                    f"from the kink or a smaller eps")
+        _refuse_kink(p0, piece_fn, x_plus, x_minus, f"x ± eps*v (eps={eps:g}, direction {d})")
         numeric = float(xp.sum(u * (f(x_plus) - f(x_minus)))) / (2 * eps)
         g = vjp(x, u)
         if tuple(g.shape) != tuple(x.shape):
@@ -127,11 +131,7 @@ def numerical_jacobian(f, x, eps=1e-6, *, piece=None):
         e = xp.zeros(x.size, dtype=np.float64)
         e[i] = eps
         e = e.reshape(x.shape)
-        for side, xs in (("+", x + e), ("-", x - e)):
-            if not _same_piece(p0, piece_fn(xs)):
-                raise NondifferentiableError(
-                    f"the piece (support) of f changes when input entry {i} moves by "
-                    f"{side}{eps:g}; no finite difference is taken across a kink")
+        _refuse_kink(p0, piece_fn, x + e, x - e, f"input entry {i} ± {eps:g}")
         flat[..., i] = (f(x + e) - f(x - e)) / (2 * eps)
     return jac
 
