@@ -84,11 +84,12 @@ class Adam:
     def state_dict(self):
         """Everything needed to resume exactly, as NumPy arrays and Python numbers.
 
-        ``{"state": {i: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups":
-        [{"lr", "betas", "eps", "weight_decay"}]}`` (PyTorch's layout);
+        ``{"state": {"i": {"step", "exp_avg", "exp_avg_sq"}}, "param_groups":
+        [{"lr", "betas", "eps", "weight_decay"}]}`` (PyTorch's layout, with the
+        parameter index as a string key so that checkpoint files can store it);
         parameters never stepped have no entry in ``state``.
         """
-        state = {i: {"step": self.steps[i],
+        state = {str(i): {"step": self.steps[i],
                      "exp_avg": np.array(to_numpy(self.exp_avg[i]), copy=True),
                      "exp_avg_sq": np.array(to_numpy(self.exp_avg_sq[i]), copy=True)}
                  for i in range(len(self.params)) if self.exp_avg[i] is not None}

@@ -200,7 +200,7 @@ def test_adam_state_dict_round_trip_resumes_exactly(xp):
     model, opt = fresh(0)
     _train(model, opt, batches[:5])
     saved_model, saved_opt = model.state_dict(), opt.state_dict()
-    assert set(saved_opt["state"]) == set(range(4)) and saved_opt["state"][0]["step"] == 5
+    assert set(saved_opt["state"]) == {"0", "1", "2", "3"} and saved_opt["state"]["0"]["step"] == 5
     _train(model, opt, batches[5:])
 
     resumed, resumed_opt = fresh(1)              # different init, overwritten by the load
@@ -209,7 +209,7 @@ def test_adam_state_dict_round_trip_resumes_exactly(xp):
     _train(resumed, resumed_opt, batches[5:])
     for (name, a), (_, b) in zip(model.named_parameters(), resumed.named_parameters()):
         np.testing.assert_array_equal(to_numpy(a.data), to_numpy(b.data), err_msg=name)
-    bad = {"state": {0: {**saved_opt["state"][0], "exp_avg": np.ones(7)}},
+    bad = {"state": {0: {**saved_opt["state"]["0"], "exp_avg": np.ones(7)}},
            "param_groups": saved_opt["param_groups"]}
     with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] has shape \(7,\)"):
         resumed_opt.load_state_dict(bad)
