@@ -124,8 +124,12 @@ class Linear(Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}): input has "
                              f"{x.shape[-1]} features in its last axis (shape {tuple(x.shape)})")
+        lead = tuple(x.shape[:-1])
+        if len(lead) > 1:               # one 2-D product: stacked matmul is far slower on BLAS
+            x = ops.reshape(x, (-1, self.in_features))
         y = ops.matmul(x, self.weight)
-        return y if self.bias is None else y + self.bias
+        y = y if self.bias is None else y + self.bias
+        return ops.reshape(y, lead + (self.out_features,)) if len(lead) > 1 else y
 
 
 _ACTIVATIONS = {"relu": ops.relu, "tanh": ops.tanh, "sigmoid": ops.sigmoid,
