@@ -1,0 +1,474 @@
+"""Emergent communication: the signal game of paper §5.2 (Lazaridou et al. 2017, 16 candidates).
+
+    python -m experiments.signal_game --method sparsemax --out runs/signal-sparsemax
+    python -m experiments.signal_game --method dense --features vgg.npz --out runs/signal-dense
+
+The sender sees the target image only and sends one symbol z of a vocabulary of 256; the
+receiver sees 16 candidate images (distinct concepts) and the message, and must pick the
+target.  In the paper's notation x = (candidates, target), pi(z|x) = sender(z | v_target)
+and ``l(x, z) = -log p_receiver(target | candidates, z)``.
+
+Architecture (after Lazaridou et al. / EGG, sizes of design.md §4)
+-----------------------------------------------------------------
+* sender: ``Linear(F -> hidden=512)``, ``--activation`` (tanh, default; or relu),
+  ``Linear(hidden -> vocab=256)``; logits divided by ``--sender-temperature`` 10.
+  (The authors' sender instead maps F -> 256 without bias, applies a learned elementwise
+  sigmoid network with 512 hidden units, then 256 -> vocab; the issue asks for the MLP.)
+* receiver: candidates projected by ``Linear(F -> emb=256, no bias)``; the message
+  embedded by a (vocab, emb) matrix (``z @ W``: a row lookup for one-hot z, a mixture for a
+  relaxed Gumbel z; initialised N(0, 1) as ``nn.Embedding``, or U(+-1/sqrt(vocab)) as the
+  authors' ``nn.Linear`` for the Gumbel methods); candidate scores are dot products,
+  softmax over the 16.
+* the receiver runs once per (game, message) pair: ``decoder calls`` = receiver calls per
+  game.  The loss_fn evaluates all pairs of a step in one batched product
+  (:func:`pair_scores`), never looping over games or messages.
+
+Methods and losses (lr / entropy coefficient from design.md §4; Adam, no weight decay)
+--------------------------------------------------------------------------------------
+* ``dense`` (softmax, all 256 messages) and ``sparsemax``: exact marginalisation of the NLL.
+* ``sfe-nll``: SFE (running-mean baseline) with reward = NLL; the receiver is trained by
+  the NLL's gradient at the sampled message.
+* ``sfe-01`` and ``sfe-plus``: the SFE term uses the 0/1 loss ``1[receiver's argmax !=
+  target]`` (``sfe-plus``: baseline = the 0/1 loss of a second, independent sample); the
+  receiver is still trained by the NLL's gradient at the sampled message.  Precisely, the
+  loss handed to the estimator is ``l = nll + sg(zero_one - nll)``: its VALUE is the 0/1 loss
+  (what SFE multiplies with ``grad log pi`` and averages into its baseline) and its GRADIENT
+  is the NLL's (the estimator's pathwise ``+ l`` term).  The authors instead make the
+  receiver sample its choice and train it with REINFORCE too (and add its entropy); we keep
+  the receiver deterministic so every method trains it the same way.
+* ``gumbel`` / ``st-gumbel``: Gumbel-softmax relaxation / straight-through, temperature 1
+  throughout (App. B).
+Each method adds ``-coeff * H(sender)`` (the method's distribution's entropy).
+
+Evaluation and metrics
+----------------------
+Communication success = the receiver's argmax is the target.  For the marginalised methods
+(dense, sparsemax) it is the expectation over the sender's distribution,
+``sum_z pi(z) 1[argmax = target]``, with ``|support|`` receiver calls per game; for the
+sampling methods it uses the sender's argmax message (as the authors' eval mode), 1 call.
+``success_argmax`` (argmax message) is reported for every method.  An epoch is 100 steps
+(the authors' ``batches_per_epoch``); after each, the 1,024 validation games (seed
+20200724) are scored -> ``metrics.jsonl`` (``val_acc`` = success, ``val_loss``,
+``val_calls_mean``, training ``calls_*``, ``train_loss``, ``entropy``).  At the end the model
+with the best validation success and the last one play the 9,984 test games (seed
+20200725) -> ``test.json``.  Random guessing succeeds 1/16 = 6.25%.
+
+Data: ``--features FILE.npz`` or, by default, the seeded synthetic stand-in of
+:mod:`experiments.signal_data` (docs/signal_game_data.md).
+"""
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments import common
+from experiments import signal_data as sd
+from nets import Adam, Embedding, Linear, Module, Tensor, no_grad, ops
+from nets.autodiff import make_output
+from refimpl.backend import to_numpy, xp_of
+
+__all__ = ["METHODS", "PAPER_SETTINGS", "Game", "pair_scores", "embed_rows", "straight_value", "game_loss_fn",
+           "make_estimator_for", "step_objective", "evaluate", "train", "build_parser", "main"]
+
+METHODS = ("dense", "sparsemax", "sfe-01", "sfe-nll", "sfe-plus", "gumbel", "st-gumbel")
+PAPER_SETTINGS = {"sparsemax": (0.005, 0.1), "dense": (0.001, 0.1), "sfe-01": (0.001, 0.01),
+                  "sfe-nll": (0.001, 0.05), "sfe-plus": (0.001, 0.05), "gumbel": (0.001, 0.01),
+                  "st-gumbel": (0.001, 0.01)}          # (lr, entropy coefficient)
+ESTIMATOR_NAME = {"dense": "dense", "sparsemax": "sparsemax", "sfe-01": "sfe", "sfe-nll": "sfe",
+                  "sfe-plus": "sfe-plus", "gumbel": "gumbel", "st-gumbel": "st-gumbel"}
+ZERO_ONE = frozenset({"sfe-01", "sfe-plus"})       # SFE reward = 0/1 loss
+MARGINALISED = frozenset({"dense", "sparsemax"})
+PROG = "python -m experiments.signal_game"
+
+
+# =========================================================================== ops
+
+def _pair_layout(idx, n_games):
+    """For pair j of game idx[j]: its slot ``rank[j]`` among that game's pairs, and the
+    largest number of pairs of one game.  (idx[j], rank[j]) are distinct."""
+    xp = xp_of(idx)
+    order = xp.argsort(idx, kind="stable")
+    sorted_idx = idx[order]
+    counts = xp.bincount(idx, minlength=n_games)
+    starts = xp.cumsum(counts) - counts
+    rank = xp.empty_like(idx)
+    rank[order] = xp.arange(idx.shape[0]) - starts[sorted_idx]
+    return rank, int(counts.max()) if idx.shape[0] else 0
+
+
+def pair_scores(messages, candidates, idx):
+    """Receiver scores of n (game, message) pairs without copying candidates per pair.
+
+    messages : Tensor (n, E), the embedded message of each pair; candidates : Tensor
+    (B, C, E), the projected candidates of each game; idx : int array (n,), the game of
+    each pair.  Returns Tensor (n, C) with ``out[j, c] = <messages[j], candidates[idx[j], c]>``.
+
+    The pairs are scattered into a padded (B, S, E) block (S = most pairs of one game; each
+    (game, slot) holds at most one pair), multiplied with the candidates by one batched
+    matmul, and gathered back.  Backward: the same two products, no scatter-add.
+    """
+    xp = messages.xp
+    B, C, E = candidates.shape
+    idx = xp.asarray(idx)
+    rank, S = _pair_layout(idx, B)
+    padded = xp.zeros((B, max(S, 1), E), dtype=messages.dtype)
+    padded[idx, rank] = messages.data
+    cand_t = xp.swapaxes(candidates.data, 1, 2)                     # (B, E, C)
+    out = xp.matmul(padded, cand_t)[idx, rank]                      # (n, C)
+
+    def vjp(g):
+        """d msg_j = g_j cand[idx_j]; d cand[b] = sum_{j in b} g_j^T msg_j (both padded)."""
+        gp = xp.zeros((B, max(S, 1), C), dtype=g.dtype)
+        gp[idx, rank] = g
+        g_msg = xp.matmul(gp, candidates.data)[idx, rank] if messages.requires_grad else None
+        g_cand = xp.matmul(xp.swapaxes(gp, 1, 2), padded) if candidates.requires_grad else None
+        return g_msg, g_cand
+
+    return make_output(out, (messages, candidates), vjp, "pair_scores")
+
+
+def embed_rows(table, cols):
+    """``table[cols]`` for a Tensor ``table`` (V, E) and int array ``cols`` (n,): Tensor (n, E).
+
+    The embedding of one-hot messages.  Backward ``onehot(cols)^T g`` as one matmul (no
+    scatter-add), on either backend.
+    """
+    xp = table.xp
+    cols = xp.asarray(cols)
+
+    def vjp(g):
+        """d table = onehot(cols)^T g."""
+        hot = (xp.arange(table.shape[0])[:, None] == cols[None, :]).astype(g.dtype)   # (V, n)
+        return (xp.matmul(hot, g),)
+
+    return make_output(table.data[cols], (table,), vjp, "embed_rows")
+
+
+def straight_value(value, tensor):
+    """A Tensor whose VALUE is the constant ``value`` and whose GRADIENT is ``tensor``'s:
+    ``tensor + sg(value - tensor)``.  (Used to give SFE the 0/1 loss as its reward while
+    the NLL's gradient trains the receiver.)"""
+    value = tensor.xp.asarray(value, dtype=tensor.dtype)
+    if tuple(value.shape) != tensor.shape:
+        raise ValueError(f"straight_value: value has shape {tuple(value.shape)}, tensor {tensor.shape}")
+    return make_output(value, (tensor,), lambda g: (g,), "straight_value")
+
+
+# =========================================================================== model
+
+class Game(Module):
+    """Sender and receiver.  Sizes are constructor arguments (tests build tiny ones).
+
+    features F, ``hidden`` (512), ``vocab`` (256), ``embedding`` (256), ``activation``
+    ("tanh" | "relu"), ``temperature`` (sender logits / 10), ``message_init`` ("embedding":
+    N(0,1); "linear": U(+-1/sqrt(vocab))).
+    """
+
+    def __init__(self, rng, n_features, xp=np, dtype=np.float32, hidden=512, vocab=256,
+                 embedding=256, activation="tanh", temperature=10.0, message_init="embedding"):
+        if activation not in ("tanh", "relu"):
+            raise ValueError(f"activation must be 'tanh' or 'relu', got {activation!r}")
+        kw = dict(xp=xp, dtype=dtype)
+        self.activation, self.temperature, self.vocab = activation, float(temperature), int(vocab)
+        self.sender1 = Linear(n_features, hidden, rng, **kw)
+        self.sender2 = Linear(hidden, vocab, rng, **kw)
+        self.project = Linear(n_features, embedding, rng, bias=False, **kw)
+        table = (Embedding(vocab, embedding, rng, **kw) if message_init == "embedding"
+                 else Linear(vocab, embedding, rng, bias=False, **kw))
+        self.messages = table.weight                                     # (vocab, emb)
+        self.receiver_rows = 0                                           # audit counter
+
+    def sender_logits(self, x):
+        """x (B, F) constant -> Tensor (B, vocab), already divided by the temperature."""
+        h = self.sender1(Tensor(x))
+        h = ops.tanh(h) if self.activation == "tanh" else ops.relu(h)
+        return self.sender2(h) * (1.0 / self.temperature)
+
+    def candidates(self, x):
+        """x (B, C, F) constant -> Tensor (B, C, emb) (projected as one 2-D product)."""
+        B, C, F = x.shape
+        return self.project(Tensor(x.reshape(B * C, F))).reshape(B, C, -1)
+
+    def receiver_scores(self, candidates, idx, z):
+        """Scores (n, C) of n (game, message) pairs: z (n, vocab) one-hot array (rows looked
+        up) or relaxed / straight-through Tensor (``z @ W``)."""
+        self.receiver_rows += int(z.shape[0])
+        if isinstance(z, Tensor):
+            msg = ops.matmul(z, self.messages)
+        else:
+            msg = embed_rows(self.messages, candidates.xp.asarray(z).argmax(axis=1))
+        return pair_scores(msg, candidates, idx)
+
+
+# =========================================================================== training
+
+def make_estimator_for(method):
+    """The categorical estimator of ``method`` (Gumbel: temperature 1 throughout)."""
+    from nets.estimators import make_estimator  # noqa: PLC0415
+    name = ESTIMATOR_NAME[method]
+    options = {"temperature": 1.0} if name in ("gumbel", "st-gumbel") else {}
+    return make_estimator(name, "categorical", **options)
+
+
+def game_loss_fn(game, candidates, target, zero_one):
+    """The estimator's ``loss_fn(idx, z) -> Tensor (n,)``: the receiver's NLL of the target
+    (``zero_one``: value = 0/1 loss, gradient = NLL's; see the module docstring)."""
+    xp = candidates.xp
+
+    def loss_fn(idx, z):
+        idx = xp.asarray(idx)
+        scores = game.receiver_scores(candidates, idx, z)
+        t = target[idx]
+        nll = ops.cross_entropy(scores, t)
+        if not zero_one:
+            return nll
+        wrong = (scores.data.argmax(axis=1) != t).astype(scores.dtype)
+        return straight_value(wrong, nll)
+
+    return loss_fn
+
+
+def step_objective(game, estimator, method, x, images, target, rng, entropy_coeff):
+    """Loss of one batch of games and the estimate.
+
+    x : device features (N, F); images : int (B, C); target : int (B,) positions.
+    Returns ``(loss Tensor, Estimate)``; loss = surrogate - coeff * mean H(sender).
+    """
+    xp = game.messages.xp
+    images_d, target_d = xp.asarray(images), xp.asarray(target)
+    cands = game.candidates(x[images_d])                                  # (B, C, emb)
+    logits = game.sender_logits(x[images_d[xp.arange(len(target_d)), target_d]])
+    est = estimator(logits, game_loss_fn(game, cands, target_d, method in ZERO_ONE), rng)
+    return est.surrogate - entropy_coeff * est.entropy.mean(), est
+
+
+def evaluate(game, method, x, images, target, chunk=512):
+    """Success, NLL and receiver calls on fixed games (module docstring), under no_grad.
+
+    Returns ``dict(acc, acc_argmax, loss, calls_mean)``; ``acc`` is the expected success
+    over the sender's distribution for dense/sparsemax, the argmax message's otherwise.
+    """
+    from refimpl import sparsemax as _sparsemax  # noqa: PLC0415
+    xp, dtype = game.messages.xp, game.messages.dtype
+    tot = {"acc": 0.0, "acc_argmax": 0.0, "loss": 0.0, "calls": 0.0}
+    rows = game.receiver_rows
+    with no_grad():
+        for lo in range(0, len(target), chunk):
+            im, t = xp.asarray(images[lo:lo + chunk]), xp.asarray(target[lo:lo + chunk])
+            b = int(t.shape[0])
+            cands = game.candidates(x[im])
+            logits = game.sender_logits(x[im[xp.arange(b), t]]).data
+            if method in MARGINALISED:
+                p = _sparsemax(logits, axis=-1) if method == "sparsemax" else ops.softmax(Tensor(logits)).data
+            else:
+                p = (xp.arange(logits.shape[1])[None, :] == logits.argmax(1)[:, None]).astype(dtype)
+            idx, m = xp.nonzero(p > 0)
+            game.receiver_rows += int(idx.shape[0])
+            scores = pair_scores(embed_rows(game.messages, m), cands, idx)
+            nll = ops.cross_entropy(scores, t[idx]).data
+            correct = (scores.data.argmax(axis=1) == t[idx]).astype(dtype)
+            w = p[idx, m]
+            tot["acc"] += float((w * correct).sum())
+            tot["loss"] += float((w * nll).sum())
+            tot["calls"] += float(idx.shape[0])
+            top = logits.argmax(axis=1)
+            at_top = m == top[idx]
+            if method in MARGINALISED and not bool(xp.all(xp.bincount(idx[at_top], minlength=b) == 1)):
+                raise RuntimeError("evaluate: the argmax message is not in the support")
+            tot["acc_argmax"] += float(correct[at_top].sum())
+    game.receiver_rows = rows           # evaluation is not training work
+    n = len(target)
+    return {"acc": tot["acc"] / n, "acc_argmax": tot["acc_argmax"] / n, "loss": tot["loss"] / n,
+            "calls_mean": tot["calls"] / n}
+
+
+# =========================================================================== run
+
+def load_features(args, parser):
+    """The FeatureSet of the run: ``--features`` or the synthetic stand-in."""
+    try:
+        if args.features:
+            return sd.load_features_npz(args.features)
+        return sd.make_synthetic_features(seed=args.data_seed, n_concepts=args.n_concepts,
+                                          per_concept=args.per_concept, dim=args.feature_dim,
+                                          variation=args.variation)
+    except ValueError as exc:
+        common.cli_error(parser, str(exc))
+
+
+def _config(args, lr, coeff, data):
+    keys = ("method", "seed", "steps", "steps_per_epoch", "batch_size", "game_size", "vocab",
+            "hidden", "embedding", "activation", "sender_temperature", "features", "data_seed",
+            "n_concepts", "per_concept", "feature_dim", "variation", "val_games", "test_games",
+            "dtype", "backend")
+    cfg = {k: getattr(args, k) for k in keys}
+    cfg.update(lr=lr, entropy_coeff=coeff, experiment="signal_game", label=args.method,
+               n_images=int(len(data.features)), n_features=int(data.features.shape[1]),
+               n_data_concepts=data.n_concepts)
+    if args.features:
+        cfg["features"] = str(Path(args.features).resolve())
+    return cfg
+
+
+def train(args, parser=None, log=sys.stderr):
+    """Run the experiment of parsed ``args``; returns the test record."""
+    xp = common.select_backend(args.backend, parser)
+    dtype = np.dtype(args.dtype)
+    out = common.prepare_out_dir(args.out, parser)
+    lr_default, coeff_default = PAPER_SETTINGS[args.method]
+    lr = args.lr if args.lr is not None else lr_default
+    coeff = args.entropy_coeff if args.entropy_coeff is not None else coeff_default
+    data = load_features(args, parser)
+    if args.game_size > data.n_concepts:
+        common.cli_error(parser, f"--game-size {args.game_size} needs at least that many concepts; "
+                                 f"the features have {data.n_concepts}")
+    config = _config(args, lr, coeff, data)
+    if args.resume:
+        if not (out / "checkpoint.npz").exists():
+            common.cli_error(parser, f"--resume: no checkpoint.npz in {out}")
+        old = common.read_json(out / "config.json")
+        diff = sorted(k for k in config if k != "steps" and old.get(k) != config[k])
+        if diff:
+            common.cli_error(parser, f"--resume: options differ from the saved run in {diff}")
+    x = xp.asarray(data.features.astype(dtype, copy=False))
+    val = sd.fixed_games(data, args.val_games, args.game_size, sd.VALIDATION_SEED)
+    test = sd.fixed_games(data, args.test_games, args.game_size, sd.TEST_SEED)
+    rng = np.random.default_rng(args.seed)
+    game = Game(rng, x.shape[1], xp=xp, dtype=dtype, hidden=args.hidden, vocab=args.vocab,
+                embedding=args.embedding, activation=args.activation,
+                temperature=args.sender_temperature,
+                message_init="linear" if args.method in ("gumbel", "st-gumbel") else "embedding")
+    opt = Adam(game.parameters(), lr=lr)
+    est = make_estimator_for(args.method)
+    step, best = 0, {"val_acc": None}
+    if args.resume:
+        ck = common.load_checkpoint(out / "checkpoint.npz")
+        game.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        est.load_state_dict(ck["estimator"])
+        rng.bit_generator.state = ck["rng"]
+        step, best = int(ck["step"]), ck["best"]
+    common.write_json(out / "config.json", config)
+    spe = args.steps_per_epoch
+    with common.MetricsLog(out / "metrics.jsonl", keep_epochs=step // spe) as metrics:
+        while step < args.steps:
+            t0 = time.perf_counter()
+            n = min(spe, args.steps - step)
+            record = _train_steps(game, opt, est, args, x, data, rng, coeff, n, step)
+            step += n
+            ev = evaluate(game, args.method, x, *val)
+            record = {"epoch": -(-step // spe), "step": step, **record,
+                      **{f"val_{k}": v for k, v in ev.items()}, "seconds": time.perf_counter() - t0}
+            metrics.log(record)
+            if best["val_acc"] is None or record["val_acc"] > best["val_acc"]:
+                best = {"val_acc": record["val_acc"], "step": step}
+                common.save_checkpoint(out / "best.npz", {"step": step, "model": game.state_dict()})
+            common.save_checkpoint(out / "checkpoint.npz", {
+                "step": step, "model": game.state_dict(), "optimizer": opt.state_dict(),
+                "estimator": est.state_dict(), "rng": rng.bit_generator.state, "best": best})
+            print(f"step {step}: val_acc={record['val_acc']:.4f} calls={record['calls_mean']:.2f}",
+                  file=log, flush=True)
+    result = _test(game, args, x, test, out, best)
+    common.write_json(out / "test.json", result)
+    _plot(out, log)
+    return result
+
+
+def _train_steps(game, opt, est, args, x, data, rng, coeff, n, step0):
+    """``n`` optimisation steps; returns the epoch's training metrics."""
+    losses, ents, calls = [], [], []
+    bar = common.progress(range(n), total=n, desc=f"steps {step0 + 1}-{step0 + n}")
+    for _ in bar:
+        images, target = sd.sample_games(data, args.batch_size, args.game_size, rng)
+        opt.zero_grad()
+        loss, e = step_objective(game, est, args.method, x, images, target, rng, coeff)
+        loss.backward()
+        opt.step()
+        losses.append(float(to_numpy(e.loss).mean()))
+        ents.append(float(to_numpy(e.entropy.data).mean()))
+        calls.append(to_numpy(e.calls))
+        bar.set_postfix(loss=losses[-1], calls=float(calls[-1].mean()))
+    return {"train_loss": float(np.mean(losses)), "entropy": float(np.mean(ents)),
+            **common.summarize_calls(np.concatenate(calls), prefix="calls_")}
+
+
+def _test(game, args, x, test, out, best):
+    """Test games with the last model and the best-validation one (``test.json``)."""
+    last = evaluate(game, args.method, x, *test)
+    result = {"last_step": int(args.steps), **{f"last_test_{k}": v for k, v in last.items()}}
+    if (out / "best.npz").exists():
+        game.load_state_dict(common.load_checkpoint(out / "best.npz")["model"])
+        result.update(best_step=int(best["step"]), best_val_acc=best["val_acc"],
+                      **{f"test_{k}": v for k, v in evaluate(game, args.method, x, *test).items()})
+    result["random_guess"] = 1.0 / args.game_size
+    return result
+
+
+def _plot(out, log):
+    from experiments.plot import plot_run  # noqa: PLC0415
+    try:
+        plot_run(out)
+    except RuntimeError as exc:
+        print(f"plots skipped: {exc}", file=log)
+
+
+# =========================================================================== CLI
+
+def build_parser():
+    """The command-line parser (bad values exit 2 with one line)."""
+    d = sd.SYNTHETIC_DEFAULTS
+    p = common.make_parser("Signal game with 16 candidates (paper §5.2).", prog=PROG)
+    p.add_argument("--method", choices=METHODS, default="sparsemax")
+    common.add_backend_arg(p)
+    common.add_seed_arg(p)
+    common.add_out_arg(p)
+    common.add_resume_arg(p)
+    common.add_dtype_arg(p)
+    p.add_argument("--steps", type=common.positive_int, default=50_000, help="training steps")
+    p.add_argument("--steps-per-epoch", type=common.positive_int, default=100,
+                   help="steps between validations / checkpoints (the authors' epoch)")
+    p.add_argument("--batch-size", type=common.positive_int, default=64, help="games per step")
+    p.add_argument("--lr", type=common.positive_float, default=None,
+                   help="Adam learning rate (default: the method's, design.md §4)")
+    p.add_argument("--entropy-coeff", type=float, default=None,
+                   help="sender entropy bonus (default: the method's, design.md §4)")
+    p.add_argument("--game-size", type=common.positive_int, default=16, help="candidates per game")
+    p.add_argument("--vocab", type=common.positive_int, default=256, help="sender vocabulary")
+    p.add_argument("--hidden", type=common.positive_int, default=512, help="sender hidden size")
+    p.add_argument("--embedding", type=common.positive_int, default=256, help="receiver embedding")
+    p.add_argument("--activation", choices=("tanh", "relu"), default="tanh", help="sender nonlinearity")
+    p.add_argument("--sender-temperature", type=common.positive_float, default=10.0,
+                   help="sender logits are divided by this")
+    p.add_argument("--val-games", type=common.positive_int, default=1024)
+    p.add_argument("--test-games", type=common.positive_int, default=9984)
+    p.add_argument("--features", metavar="FILE.npz", default=None,
+                   help="real features: arrays features (N, F) and concepts (N,)")
+    p.add_argument("--data-seed", type=common.nonnegative_int, default=0,
+                   help="seed of the synthetic features")
+    p.add_argument("--n-concepts", type=common.positive_int, default=d["n_concepts"])
+    p.add_argument("--per-concept", type=common.positive_int, default=d["per_concept"])
+    p.add_argument("--feature-dim", type=common.positive_int, default=d["dim"])
+    p.add_argument("--variation", type=float, default=d["variation"],
+                   help="within-concept variation scale of the synthetic features")
+    return p
+
+
+def main(argv=None):
+    """CLI entry point."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.out is None:
+        common.cli_error(parser, "--out DIR is required")
+    if args.entropy_coeff is not None and not np.isfinite(args.entropy_coeff):
+        common.cli_error(parser, f"--entropy-coeff must be finite, got {args.entropy_coeff}")
+    if args.variation < 0 or not np.isfinite(args.variation):
+        common.cli_error(parser, f"--variation must be a finite number >= 0, got {args.variation}")
+    if args.features and not Path(args.features).is_file():
+        common.cli_error(parser, f"--features {args.features}: no such file")
+    train(args, parser)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
