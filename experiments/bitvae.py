@@ -31,7 +31,7 @@ import os
 
 if __name__ == "__main__":
     # Before NumPy loads OpenBLAS: its threads spin on the head's small GEMMs, and on a
-    # busy machine that made a step 20x slower (docs/results_bitvae.md).  Override freely.
+    # busy machine that made a step 20x slower (docs/results.md).  Override freely.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import math

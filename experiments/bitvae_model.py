@@ -8,7 +8,7 @@
   head ``Linear(5->256)``: each pixel a categorical over its raw byte
   (design.md §4 "Bit-vector VAE").
 * :func:`importance_nll` / :func:`authors_nll` -- log p(x) estimates for the
-  test set (see their docstrings and docs/results_bitvae.md).
+  test set (see their docstrings and docs/results.md).
 
 Everything takes its array namespace from the arrays (NumPy or CuPy).
 """
