@@ -68,7 +68,7 @@ def _solve_bordered(G, active, top, rhs):
     return sol[:, 0], sol[:, 1:] * active
 
 
-_FIELDS = ("t", "V", "Vt", "G", "xi", "active", "ids")
+_FIELDS = ("t", "V", "Vt", "M", "xi", "active", "ids")
 
 
 class _ActiveSets:
@@ -76,9 +76,11 @@ class _ActiveSets:
 
     Per example (row): P slots, reused after a drop; P grows by 8 (up to
     D + 2) when a row needs another.  ``V`` (n, P, D) vertices, ``Vt`` (n, P)
-    their scores ``<a_z, t>``, ``G`` (n, P, P) their Gram matrix (one row and
-    column written per added vertex), ``xi`` (n, P) weights, ``active``
-    (n, P), ``ids`` (n,) each row's index in the batch.
+    their scores ``<a_z, t>``, ``M`` (n, P+1, P+1) the bordered KKT matrix
+    ``[[0, 1ᵀ], [1, G]]`` of :func:`_bordered` with inactive slots decoupled
+    (one border row and column written per added or dropped vertex), ``xi``
+    (n, P) weights, ``active`` (n, P), ``ids`` (n,) each row's index in the
+    batch.
     """
 
     @classmethod
@@ -93,8 +95,10 @@ class _ActiveSets:
         self.V[:, 0] = first
         self.Vt = xp.zeros((n, P), dtype=t.dtype)
         self.Vt[:, 0] = xp.sum(first * t, axis=-1)
-        self.G = xp.zeros((n, P, P), dtype=t.dtype)
-        self.G[:, 0, 0] = xp.sum(first * first, axis=-1)
+        self.M = xp.broadcast_to(xp.eye(P + 1, dtype=t.dtype), (n, P + 1, P + 1)).copy()
+        self.M[:, 0, 0] = 0
+        self.M[:, 0, 1] = self.M[:, 1, 0] = 1
+        self.M[:, 1, 1] = xp.sum(first * first, axis=-1)
         self.xi = xp.zeros((n, P), dtype=t.dtype)
         self.xi[:, 0] = 1
         self.active = xp.zeros((n, P), dtype=bool)
@@ -117,16 +121,22 @@ class _ActiveSets:
         xp = xp_of(self.V)
         n, P = self.active.shape
         P_new = min(P + 8, self.max_slots)
-        for name in ("V", "Vt", "xi", "active", "G"):
+        for name in ("V", "Vt", "xi", "active"):
             old = getattr(self, name)
-            shape = (n, P_new, P_new) if name == "G" else (n, P_new) + old.shape[2:]
-            new = xp.zeros(shape, dtype=old.dtype)
-            new[(slice(None),) + (slice(0, P),) * (old.ndim - 1 if name == "G" else 1)] = old
+            new = xp.zeros((n, P_new) + old.shape[2:], dtype=old.dtype)
+            new[:, :P] = old
             setattr(self, name, new)
+        M = xp.broadcast_to(xp.eye(P_new + 1, dtype=self.M.dtype), (n, P_new + 1, P_new + 1)).copy()
+        M[:, :P + 1, :P + 1] = self.M
+        self.M = M
 
     def solve(self):
         """``τ (n,)`` and ``ξ (n, P)`` solving each row's KKT system."""
-        return _solve_bordered(self.G, self.active, 1.0, self.Vt)
+        xp = xp_of(self.V)
+        rhs = xp.concatenate([xp.ones((len(self), 1), dtype=self.V.dtype),
+                              xp.where(self.active, self.Vt, 0)], axis=1)     # (n, P+1)
+        sol = xp.linalg.solve(self.M, rhs[:, :, None])[:, :, 0]
+        return sol[:, 0], sol[:, 1:] * self.active
 
     def overlaps(self, z):
         """``<a_j, z>`` for every slot j: (n, P)."""
@@ -137,7 +147,7 @@ class _ActiveSets:
         ``<a, z> = |z|² = |a|²``; ``g`` are the overlaps."""
         xp = xp_of(z)
         zz = xp.sum(z * z, axis=-1, keepdims=True)
-        sq = xp.diagonal(self.G, axis1=1, axis2=2)
+        sq = xp.diagonal(self.M, axis1=1, axis2=2)[:, 1:]
         return xp.any(self.active & (g == zz) & (sq == zz), axis=-1)
 
     def insert(self, mask, z, g):
@@ -148,11 +158,13 @@ class _ActiveSets:
             self.grow()
         rows = xp.nonzero(mask)[0]
         slot = xp.argmin(self.active[rows], axis=1)                # (m,)
-        z, g = z[rows], g[rows]
-        g = xp.concatenate([g, xp.zeros((len(rows), self.active.shape[1] - g.shape[1]))], axis=1)
-        g[xp.arange(len(rows)), slot] = xp.sum(z * z, axis=-1)
-        self.G[rows, slot, :] = g
-        self.G[rows, :, slot] = g
+        z, g = z[rows], g[rows] * self.active[rows, :g.shape[1]]
+        border = xp.concatenate([xp.ones((len(rows), 1)), g,       # [1; <a_j, z>] over active j
+                                 xp.zeros((len(rows), self.active.shape[1] - g.shape[1]))], axis=1)
+        q = slot + 1
+        border[xp.arange(len(rows)), q] = xp.sum(z * z, axis=-1)
+        self.M[rows, q, :] = border
+        self.M[rows, :, q] = border
         self.V[rows, slot] = z
         self.Vt[rows, slot] = xp.sum(z * self.t[rows], axis=-1)
         self.xi[rows, slot] = 0
@@ -162,6 +174,10 @@ class _ActiveSets:
         """Remove ``slot (n,)`` from the active sets of the rows in ``mask``."""
         xp = xp_of(self.V)
         rows = xp.nonzero(mask)[0]
+        q = slot[rows] + 1
+        self.M[rows, q, :] = 0
+        self.M[rows, :, q] = 0
+        self.M[rows, q, q] = 1
         self.active[rows, slot[rows]] = False
         self.xi[rows, slot[rows]] = 0
 
@@ -182,29 +198,23 @@ def _step_back(xi_old, xi_new, active):
 
 
 def _denoise(resid, t):
-    """Make residual entries that are equal up to rounding exactly equal.
+    """Round the residual to a grid far below the tolerance, so that entries
+    equal up to rounding become exactly equal.
 
     Once ``μ_i = t_i`` the residual ``t_i - μ_i`` is zero in exact arithmetic,
     and entries of equal exact value differ only by rounding (``~1e-16``).
     An oracle such as ``1[r > 0]`` or "the B largest, ties to the lower index"
     would then pick its vertex by the sign or order of rounding errors, and
     the active-set path (hence the returned ξ) would jump under perturbations
-    of t far below any tolerance.  So, with ``floor = 64 ε (1 + ||t||_∞)``:
-    sorted neighbours closer than ``floor`` are merged onto the smallest value
-    of their run, and entries with ``|r_i| <= floor`` become exactly 0.
+    of t far below any tolerance.  Rounding to multiples of a power of two
+    ``h ≈ 2^-36 (1 + ||t||_∞)`` (about 1.5e-11, far below ``tol``) maps such
+    entries to the same value and the near-zero ones to 0; two values equal up
+    to rounding straddle a grid line only with probability ~1e-5.
     """
     xp = xp_of(resid)
-    floor = 64 * np.finfo(resid.dtype).eps * (1 + xp.max(xp.abs(t), axis=-1, keepdims=True))
-    order = xp.argsort(resid, axis=-1)
-    r_sorted = xp.take_along_axis(resid, order, axis=-1)                # (n, D) ascending
-    starts = xp.concatenate([xp.ones_like(r_sorted[:, :1], dtype=bool),
-                             xp.diff(r_sorted, axis=-1) > floor], axis=-1)
-    run = xp.cumsum(starts, axis=-1) - 1                                # run index of each entry
-    start_pos = xp.argsort(~starts, axis=-1, kind="stable")             # run starts, in order
-    merged_sorted = xp.take_along_axis(r_sorted, xp.take_along_axis(start_pos, run, axis=-1), axis=-1)
-    merged = xp.empty_like(resid)
-    xp.put_along_axis(merged, order, merged_sorted, axis=-1)
-    return xp.where(xp.abs(merged) <= floor, 0, merged)
+    scale = 1 + xp.max(xp.abs(t), axis=-1, keepdims=True)
+    h = xp.exp2(xp.ceil(xp.log2(scale)) - 36)                      # (n, 1) power of two
+    return xp.rint(resid / h) * h
 
 
 def _iterate(sets, oracle, tol):
