@@ -136,8 +136,8 @@ def sparsemax_vjp(probs, grad, axis=-1):
     p, g = (probs, grad) if last else (xp.moveaxis(probs, axis, -1), xp.moveaxis(grad, axis, -1))
     K = p.shape[-1]
     u = (p > 0).astype(grad.dtype).reshape(-1, K)                # (N, K)
-    gu = u * g.reshape(-1, K)
-    out = (gu - u * (_row_sums(gu) / _support_size(u))).reshape(p.shape)
+    g = g.reshape(-1, K)
+    out = (u * (g - _row_sums(u * g) / _support_size(u))).reshape(p.shape)
     return out if last else xp.moveaxis(out, -1, axis)
 
 
