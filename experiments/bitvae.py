@@ -45,6 +45,7 @@ import numpy as np
 
 import refimpl
 from experiments import common
+from experiments.plot import plot_run_or_explain
 from experiments.bitvae_model import BitVAE, evaluate
 from nets import Adam
 from nets.estimators import make_estimator
@@ -355,11 +356,7 @@ def main(argv=None):
         print(f"{PROG}: error: non-finite loss at {exc}; stopping; {kept}", file=sys.stderr)
         return 1
     result = test(run, data, args, out)
-    try:
-        from experiments.plot import plot_run  # noqa: PLC0415
-        plot_run(out)
-    except (RuntimeError, OSError, ValueError) as exc:   # e.g. no matplotlib: the run is complete
-        print(f"{PROG}: plots skipped: {exc}", file=sys.stderr)
+    plot_run_or_explain(out, sys.stderr, PROG)
     print(f"test: ELBO {result['elbo']:.2f}, NLL {result['nll_bits_per_dim']} bits/dim "
           f"(authors' estimator {result['authors_nll_bits_per_dim']}), calls "
           f"{result['calls_mean']:.2f}", file=sys.stderr)

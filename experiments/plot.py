@@ -216,6 +216,16 @@ def plot_run(run_dir):
     return _write_figures([run], lambda kind: run["dir"] / f"{kind}.png")
 
 
+def plot_run_or_explain(run_dir, log, prog=""):
+    """:func:`plot_run`, or one line on ``log`` saying why the plots were
+    skipped (e.g. no matplotlib): a finished run never fails on its plots."""
+    try:
+        return plot_run(run_dir)
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"{prog + ': ' if prog else ''}plots skipped: {exc}", file=log)
+        return []
+
+
 def _prefixed(out_prefix, kind):
     """``<out_prefix><kind>.png``, adding '_' unless the prefix ends in '/', '_', '-' or '.'."""
     prefix = str(out_prefix)

@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import common
+from experiments.plot import plot_run_or_explain
 from experiments import signal_data as sd
 from nets import Adam, Embedding, Linear, Module, Tensor, no_grad, ops
 from nets.autodiff import make_output
@@ -371,7 +372,7 @@ def train(args, parser=None, log=sys.stderr):
                   file=log, flush=True)
     result = _test(game, args, x, test, out, best)
     common.write_json(out / "test.json", result)
-    _plot(out, log)
+    plot_run_or_explain(out, log)
     return result
 
 
@@ -403,14 +404,6 @@ def _test(game, args, x, test, out, best):
                       **{f"test_{k}": v for k, v in evaluate(game, args.method, x, *test).items()})
     result["random_guess"] = 1.0 / args.game_size
     return result
-
-
-def _plot(out, log):
-    from experiments.plot import plot_run  # noqa: PLC0415
-    try:
-        plot_run(out)
-    except RuntimeError as exc:
-        print(f"plots skipped: {exc}", file=log)
 
 
 # =========================================================================== CLI

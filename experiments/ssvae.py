@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import common
+from experiments.plot import plot_run_or_explain
 from nets import MLP, Adam, Linear, Module, Tensor, no_grad, ops
 from nets.autodiff import make_output
 from refimpl.backend import to_numpy
@@ -474,17 +475,8 @@ def train(args, parser=None, log=sys.stderr):
         "best_epoch": best["epoch"], **{k: v for k, v in best.items() if k.startswith("test_")},
         "last_epoch": last["epoch"],
         "last": {k: v for k, v in last.items() if k.startswith(("test_", "calls_"))}})
-    _plot(out, log)
+    plot_run_or_explain(out, log)
     return last
-
-
-def _plot(out, log):
-    """Learning-curve PNGs next to the metrics (skipped with a note without matplotlib)."""
-    from experiments.plot import plot_run  # noqa: PLC0415
-    try:
-        plot_run(out)
-    except RuntimeError as exc:
-        print(f"plots skipped: {exc}", file=log)
 
 
 # =========================================================================== CLI
