@@ -51,10 +51,20 @@ class _OneLineParser(argparse.ArgumentParser):
         cli_error(self, f"{message} (see --help)")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` only where it informs: not for None, not for
+    on/off flags, not where the help text already names the default."""
+
+    def _get_help_string(self, action):
+        if (action.default is None or isinstance(action.default, bool)
+                or "default" in (action.help or "")):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def make_parser(description, prog=None):
     """An ``argparse.ArgumentParser`` that reports bad values as ONE line and exits 2."""
-    return _OneLineParser(prog=prog, description=description,
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return _OneLineParser(prog=prog, description=description, formatter_class=_DefaultsFormatter)
 
 
 def cli_error(parser_or_prog, message):
