@@ -15,6 +15,8 @@ from experiments import signal_game as sg
 from nets import Tensor
 from refimpl.gradcheck import check_vjp
 
+from _params import assign, flat
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_DATA = ["--n-concepts", "24", "--per-concept", "6", "--feature-dim", "48"]
 SMALL_NET = ["--vocab", "16", "--hidden", "24", "--embedding", "12", "--game-size", "4",
@@ -79,38 +81,27 @@ def _tiny(method, seed=0):
     return game, sg.make_estimator_for(method), data.features.astype(np.float64), images, target
 
 
-def _flat(params):
-    return np.concatenate([p.data.ravel() for p in params])
-
-
-def _assign(params, vec):
-    i = 0
-    for p in params:
-        p.data[...] = vec[i:i + p.size].reshape(p.shape)
-        i += p.size
-
-
 @pytest.mark.parametrize("method", ["dense", "sparsemax"])
 def test_gradient_through_the_game_matches_finite_differences(method):
     game, est, x, images, target = _tiny(method)
     params = game.parameters()
-    theta0 = _flat(params)
+    theta0 = flat(params)
 
     def obj():
         return sg.step_objective(game, est, method, x, images, target, np.random.default_rng(0), 0.1)
 
     def f(theta):
-        _assign(params, theta)
+        assign(params, theta)
         return np.array([obj()[0].item()])
 
     def vjp(theta, u):
-        _assign(params, theta)
+        assign(params, theta)
         game.zero_grad()
         obj()[0].backward()
         return u[0] * np.concatenate([p.grad.ravel() for p in params])
 
     def piece(theta):
-        _assign(params, theta)
+        assign(params, theta)
         logits = game.sender_logits(x[images[np.arange(5), target]]).data
         return refimpl.sparsemax(logits) > 0 if method == "sparsemax" else np.ones(1, bool)
 

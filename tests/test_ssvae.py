@@ -13,6 +13,8 @@ from experiments import common, ssvae
 from nets import Tensor
 from refimpl.gradcheck import check_vjp
 
+from _params import assign, flat
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_pixels=12, n_classes=4, latent=2, classifier_hidden=(6,), vae_hidden=5)
 SMALL = ["--max-train", "330", "--max-eval", "64", "--batch-size", "32", "--epochs", "2"]
@@ -68,38 +70,27 @@ def _tiny_setup(method, seed=0):
     return model, ssvae.make_estimator_for(method), (x_lab, y_lab), (x_un, None)
 
 
-def _flat(params):
-    return np.concatenate([p.data.ravel() for p in params])
-
-
-def _assign(params, vec):
-    i = 0
-    for p in params:
-        p.data[...] = vec[i:i + p.size].reshape(p.shape)
-        i += p.size
-
-
 @pytest.mark.parametrize("method", ["dense", "sparsemax"])
 def test_gradient_through_the_model_matches_finite_differences(method):
     model, est, lab, unlab = _tiny_setup(method)
     params = model.parameters()
-    theta0 = _flat(params)
+    theta0 = flat(params)
 
     def objective():
         return ssvae.step_objective(model, est, method, lab, unlab, np.random.default_rng(5), 9.0)
 
     def f(theta):
-        _assign(params, theta)
+        assign(params, theta)
         return np.array([objective()[0].item()])
 
     def vjp(theta, u):
-        _assign(params, theta)
+        assign(params, theta)
         model.zero_grad()
         objective()[0].backward()
         return u[0] * np.concatenate([p.grad.ravel() for p in params])
 
     def piece(theta):
-        _assign(params, theta)
+        assign(params, theta)
         s = model.scores(unlab[0]).data
         return refimpl.sparsemax(s) > 0 if method == "sparsemax" else np.ones(1, bool)
 
