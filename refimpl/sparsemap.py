@@ -18,6 +18,7 @@ from .backend import xp_of
 
 __all__ = ["SparseMAPResult", "sparsemap", "sparsemap_vjp"]
 
+
 @dataclass(frozen=True)
 class SparseMAPResult:
     """Output of :func:`sparsemap`.
@@ -55,16 +56,16 @@ def _bordered(G, active):
     return M
 
 
-def _solve_bordered(G, active, top, rhs):
-    """Solve ``[[0, 1ᵀ], [1, G]] [τ; ξ] = [top; rhs]`` over each active set.
+def _solve(M, active, top, rhs):
+    """Solve ``M [τ; ξ] = [top; rhs]`` for bordered matrices ``M`` (N, P+1, P+1).
 
     Not ``G⁻¹``: G is singular whenever the zero vector is active.
     Returns ``τ : (N,)`` and ``ξ : (N, P)`` (0 on inactive slots).
     """
-    xp = xp_of(G)
-    b = xp.concatenate([xp.broadcast_to(xp.asarray(top, dtype=G.dtype), (G.shape[0], 1)),
+    xp = xp_of(M)
+    b = xp.concatenate([xp.full((M.shape[0], 1), top, dtype=M.dtype),
                         xp.where(active, rhs, 0)], axis=1)        # (N, P+1)
-    sol = xp.linalg.solve(_bordered(G, active), b[:, :, None])[:, :, 0]
+    sol = xp.linalg.solve(M, b[:, :, None])[:, :, 0]
     return sol[:, 0], sol[:, 1:] * active
 
 
@@ -132,11 +133,7 @@ class _ActiveSets:
 
     def solve(self):
         """``τ (n,)`` and ``ξ (n, P)`` solving each row's KKT system."""
-        xp = xp_of(self.V)
-        rhs = xp.concatenate([xp.ones((len(self), 1), dtype=self.V.dtype),
-                              xp.where(self.active, self.Vt, 0)], axis=1)     # (n, P+1)
-        sol = xp.linalg.solve(self.M, rhs[:, :, None])[:, :, 0]
-        return sol[:, 0], sol[:, 1:] * self.active
+        return _solve(self.M, self.active, 1.0, self.Vt)
 
     def overlaps(self, z):
         """``<a_j, z>`` for every slot j: (n, P)."""
@@ -339,6 +336,7 @@ def sparsemap_vjp(result, grad_weights):
     V64 = V.reshape(-1, S, D).astype(np.float64)                   # (N, S, D)
     support = w.reshape(-1, S) > 0
     G = xp.einsum("nsd,nrd->nsr", V64, V64)
-    _, y = _solve_bordered(G, support, 0.0, grad_weights.reshape(-1, S).astype(np.float64))
+    _, y = _solve(_bordered(G, support), support, 0.0,
+                  grad_weights.reshape(-1, S).astype(np.float64))
     grad_t = xp.einsum("ns,nsd->nd", y, V64)                       # A_S Q g_S
     return grad_t.astype(w.dtype).reshape(lead + (D,))
