@@ -70,7 +70,7 @@ def test_failed_write_leaves_old_file(tmp_path, monkeypatch):
     def explode(f, **arrays):
         f.write(b"PK partial bytes")
         raise KeyboardInterrupt("killed mid-write")
-    monkeypatch.setattr(common.np, "savez", explode)
+    monkeypatch.setattr(np, "savez", explode)
     with pytest.raises(KeyboardInterrupt):
         common.save_checkpoint(path, {"epoch": 2, "w": np.zeros(3)})
     monkeypatch.undo()

@@ -1,0 +1,171 @@
+"""Command-line pieces shared by the experiments: a parser whose bad values
+exit 2 with one line, the common options, argparse types, the backend and
+the output directory.  Re-exported by :mod:`experiments.common`."""
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["make_parser", "add_common_args", "add_backend_arg", "add_seed_arg", "add_out_arg",
+           "add_data_dir_arg", "add_resume_arg", "add_training_args", "add_max_train_arg",
+           "add_dtype_arg", "cli_error", "positive_int", "nonnegative_int", "positive_float",
+           "select_backend", "prepare_out_dir"]
+
+
+# =========================================================================== CLI
+
+class _OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line, ``prog: error: message``, and exit 2."""
+
+    def error(self, message):
+        cli_error(self, f"{message} (see --help)")
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` only where it informs: not for None, not for
+    on/off flags, not where the help text already names the default."""
+
+    def _get_help_string(self, action):
+        if (action.default is None or isinstance(action.default, bool)
+                or "default" in (action.help or "")):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def make_parser(description, prog=None):
+    """An ``argparse.ArgumentParser`` that reports bad values as ONE line and exits 2."""
+    return _OneLineParser(prog=prog, description=description, formatter_class=_DefaultsFormatter)
+
+
+def cli_error(parser_or_prog, message):
+    """Print ``prog: error: message`` (one line) to stderr and exit with status 2."""
+    prog = getattr(parser_or_prog, "prog", None) or str(parser_or_prog or Path(sys.argv[0]).name)
+    one_line = " ".join(str(message).split())
+    print(f"{prog}: error: {one_line}", file=sys.stderr)
+    sys.exit(2)
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def nonnegative_int(text):
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def add_backend_arg(parser, default="numpy"):
+    """``--backend {numpy,cupy}``."""
+    parser.add_argument("--backend", choices=("numpy", "cupy"), default=default,
+                        help="array backend (cupy needs CuPy and a GPU)")
+
+
+def add_seed_arg(parser, default=42):
+    """``--seed INT`` (any integer >= 0)."""
+    parser.add_argument("--seed", type=nonnegative_int, default=default, help="random seed")
+
+
+def add_out_arg(parser, default=None):
+    """``--out DIR``: where config, checkpoints, metrics.jsonl and plots go."""
+    parser.add_argument("--out", metavar="DIR", default=default,
+                        help="output directory (config.json, metrics.jsonl, checkpoints)")
+
+
+def add_data_dir_arg(parser):
+    """``--data-dir DIR`` (the folder holding ``fashion-mnist/`` and ``mnist/``) and
+    ``--no-download`` (``args.download`` is True unless given)."""
+    parser.add_argument("--data-dir", metavar="DIR", default=None,
+                        help="folder with fashion-mnist/ and mnist/ (else $REFIMPL_DATA, "
+                             "~/.cache/refimpl, /usr/share/datasets, then download)")
+    parser.add_argument("--no-download", dest="download", action="store_false",
+                        help="never download missing datasets; fail with a list of places looked")
+
+
+def add_resume_arg(parser):
+    """``--resume``: continue from the checkpoint in ``--out``."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint in --out")
+
+
+def add_training_args(parser, epochs, batch_size, lr=None):
+    """``--epochs N``, ``--batch-size N``, ``--lr X`` (``lr=None``: the method's paper value)."""
+    parser.add_argument("--epochs", type=positive_int, default=epochs, help="training epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size, help="batch size")
+    parser.add_argument("--lr", type=positive_float, default=lr,
+                        help="Adam learning rate (default: the paper's value for the method)")
+
+
+def add_max_train_arg(parser):
+    """``--max-train N``: use only the first N training examples (smoke runs)."""
+    parser.add_argument("--max-train", metavar="N", type=positive_int, default=None,
+                        help="use only the first N training examples")
+
+
+def add_dtype_arg(parser, default="float32"):
+    """``--dtype {float32,float64}``."""
+    parser.add_argument("--dtype", choices=("float32", "float64"), default=default,
+                        help="floating-point precision of parameters and activations")
+
+
+def add_common_args(parser, *, epochs, batch_size, lr=None, seed=42, dtype="float32", data=True):
+    """Add every common option; ``data=False`` leaves out ``--data-dir``/``--no-download``.
+    Returns ``parser``."""
+    add_backend_arg(parser)
+    add_seed_arg(parser, seed)
+    add_out_arg(parser)
+    if data:
+        add_data_dir_arg(parser)
+    add_resume_arg(parser)
+    add_training_args(parser, epochs, batch_size, lr)
+    add_max_train_arg(parser)
+    add_dtype_arg(parser, dtype)
+    return parser
+
+
+def select_backend(name, parser_or_prog=None):
+    """``refimpl.backend.get_xp(name)``, or a one-line CLI error (exit 2) if unavailable."""
+    from refimpl.backend import get_xp  # noqa: PLC0415  (keeps this module light to import)
+    try:
+        return get_xp(name)
+    except (RuntimeError, ValueError) as exc:
+        cli_error(parser_or_prog, f"--backend {name}: {exc}")
+
+
+def prepare_out_dir(path, parser_or_prog=None):
+    """Create ``path`` (with parents) and check it is writable; ``Path``, or exit 2."""
+    if path is None:
+        cli_error(parser_or_prog, "--out DIR is required")
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        cli_error(parser_or_prog, f"--out {str(out)!r} is not a writable directory "
+                                  f"({exc.strerror or exc}); choose another --out")
+    return out

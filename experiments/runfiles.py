@@ -1,0 +1,319 @@
+"""Files a run writes, shared by the experiments: atomic writes, JSON,
+checkpoints (exact round trip), ``metrics.jsonl`` and the progress display.
+Re-exported by :mod:`experiments.common`.
+
+Nothing here imports CuPy: checkpoints take NumPy arrays (move device arrays
+with ``refimpl.backend.to_numpy`` first).
+"""
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["atomic_open", "atomic_write_bytes", "write_json", "read_json",
+           "save_checkpoint", "load_checkpoint", "MetricsLog", "read_metrics", "truncate_metrics",
+           "summarize_calls", "progress", "Progress"]
+
+CHECKPOINT_FORMAT = "sparsemarg-checkpoint"
+CHECKPOINT_VERSION = 1
+_TREE_KEY = "__tree__"          # npz entry holding the JSON skeleton of the state
+_ARRAY_MARK = "__ndarray__"     # {"__ndarray__": key}: a numpy array stored in the npz
+_SCALAR_MARK = "__npscalar__"   # {"__npscalar__": key}: a numpy scalar stored as a 0-d array
+_TUPLE_MARK = "__tuple__"       # {"__tuple__": [...]}: a tuple (JSON has only lists)
+_MARKS = (_ARRAY_MARK, _SCALAR_MARK, _TUPLE_MARK)
+
+
+# =========================================================================== atomic files
+
+@contextlib.contextmanager
+def atomic_open(path, mode="wb"):
+    """Write ``path`` all-or-nothing: yield a temp file in the same directory, then
+    fsync and ``os.replace`` it over ``path``.  On any exception ``path`` is untouched.
+
+    New files get mode 0644; an existing file keeps its permission bits.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory):
+    """Make a rename in ``directory`` durable (best effort; not all systems allow it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path, data):
+    """Replace the file ``path`` by ``data`` (bytes) atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def _json_default(obj):
+    """JSON encoder fallback: numpy scalars and arrays become Python values and lists."""
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
+
+
+def write_json(path, obj):
+    """Write ``obj`` as indented JSON (numpy values converted) to ``path`` atomically."""
+    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path):
+    """Parse the JSON file ``path``."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# =========================================================================== checkpoints
+
+def _check_key(key, where):
+    """Dict keys must be strings without '/' (the flattening separator)."""
+    if not isinstance(key, str) or not key or "/" in key or key in _MARKS + (_TREE_KEY,):
+        raise ValueError(f"checkpoint state: key {key!r} at {where or '<root>'} must be a non-empty "
+                         f"string without '/' and not one of {_MARKS + (_TREE_KEY,)}")
+
+
+def _flatten(value, where, arrays):
+    """JSON skeleton of ``value``; its numpy arrays/scalars go into ``arrays`` under '/' keys."""
+    if isinstance(value, dict):
+        for k in value:
+            _check_key(k, where)
+        return {k: _flatten(v, f"{where}/{k}" if where else k, arrays) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_flatten(v, f"{where}/{i}", arrays) for i, v in enumerate(value)]
+        return {_TUPLE_MARK: items} if isinstance(value, tuple) else items
+    if isinstance(value, (np.ndarray, np.generic)):
+        if value.dtype.hasobject:
+            raise TypeError(f"checkpoint state: {where} is an object array; store plain values")
+        arrays[where] = np.asarray(value)
+        return {_ARRAY_MARK if isinstance(value, np.ndarray) else _SCALAR_MARK: where}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"checkpoint state: {where} has type {type(value).__name__}; use numpy arrays "
+                    "(refimpl.backend.to_numpy for device arrays), Python scalars, str, list, dict")
+
+
+def save_checkpoint(path, state):
+    """Save the nested dict ``state`` to ``path`` (an ``.npz``) atomically.
+
+    Leaves may be numpy arrays and scalars, Python scalars, ``None``, strings,
+    and lists/tuples/dicts of these (e.g. ``rng.bit_generator.state``).  Arrays
+    are stored under '/'-joined keys; the rest goes into a JSON skeleton.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"save_checkpoint: state must be a dict, got {type(state).__name__}")
+    arrays = {}
+    tree = _flatten(state, "", arrays)
+    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "tree": tree}
+    arrays[_TREE_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _unflatten(node, arrays):
+    """Inverse of :func:`_flatten`."""
+    if isinstance(node, list):
+        return [_unflatten(v, arrays) for v in node]
+    if isinstance(node, dict):
+        if len(node) == 1 and next(iter(node)) in _MARKS:
+            (mark, ref), = node.items()
+            if mark == _TUPLE_MARK:
+                return tuple(_unflatten(v, arrays) for v in ref)
+            return arrays[ref] if mark == _ARRAY_MARK else arrays[ref][()]
+        return {k: _unflatten(v, arrays) for k, v in node.items()}
+    return node
+
+
+def load_checkpoint(path):
+    """Load a checkpoint written by :func:`save_checkpoint`: the same nested dict, exactly.
+
+    Raises ``FileNotFoundError`` if ``path`` is missing and ``ValueError`` if
+    it is not a checkpoint of this format.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a readable checkpoint ({exc}); delete it or run "
+                         "without --resume") from exc
+    try:
+        meta = json.loads(arrays.pop(_TREE_KEY).tobytes().decode("utf-8"))
+        assert meta["format"] == CHECKPOINT_FORMAT and meta["version"] == CHECKPOINT_VERSION
+    except (KeyError, AssertionError, ValueError) as exc:
+        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION} file; "
+                         "delete it or run without --resume") from exc
+    return _unflatten(meta["tree"], arrays)
+
+
+# =========================================================================== metrics
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``: one JSON object per line, flushed and fsynced.
+
+    ``keep_epochs=None`` appends to whatever is there; ``keep_epochs=E`` first
+    drops every record after epoch E (``E=0`` for a fresh run, the checkpoint's
+    epoch for ``--resume``), see :func:`truncate_metrics`.
+    """
+
+    def __init__(self, path, keep_epochs=None):
+        self.path = Path(path)
+        if keep_epochs is not None:
+            truncate_metrics(self.path, keep_epochs)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def log(self, record):
+        """Append the dict ``record`` as one line (numpy values converted)."""
+        if not isinstance(record, dict):
+            raise TypeError(f"MetricsLog.log: record must be a dict, got {type(record).__name__}")
+        self._file.write(json.dumps(record, default=_json_default) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self):
+        """Close the file (idempotent)."""
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_metrics(path):
+    """The records of ``metrics.jsonl`` as a list of dicts ([] if the file is missing).
+
+    A torn last line (a crash mid-write) is ignored; a bad line elsewhere raises
+    ``ValueError`` naming the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i == len(lines):  # last line without a newline: an interrupted write
+                break
+            raise ValueError(f"{path}:{i}: not a JSON line ({exc})") from exc
+    return records
+
+
+def truncate_metrics(path, epochs):
+    """Keep the records of ``path`` up to the first one whose ``epoch`` exceeds ``epochs``.
+
+    Rewrites the file atomically (creating it empty if missing); returns the kept records.
+    """
+    kept = []
+    for record in read_metrics(path):
+        if record.get("epoch") is not None and record["epoch"] > epochs:
+            break
+        kept.append(record)
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return kept
+
+
+def summarize_calls(calls, prefix=""):
+    """Summary of decoder calls per example, ``calls`` of shape ``(N,)``:
+    ``{prefix+"mean", prefix+"median", prefix+"p10", "p25", "p75", "p90"}`` as floats.
+
+    Use ``prefix="calls_"`` for the keys :mod:`experiments.plot` reads.
+    """
+    calls = np.asarray(calls, dtype=np.float64).ravel()
+    if calls.size == 0:
+        raise ValueError("summarize_calls: calls is empty; pass one count per example")
+    p10, p25, p50, p75, p90 = np.percentile(calls, [10, 25, 50, 75, 90])
+    stats = {"mean": calls.mean(), "median": p50, "p10": p10, "p25": p25, "p75": p75, "p90": p90}
+    return {prefix + k: float(v) for k, v in stats.items()}
+
+
+# =========================================================================== progress
+
+def _format_postfix(values):
+    """``"loss=1.234, calls=5.6"``: floats to 4 significant digits."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+class Progress:
+    """Iterate with a tqdm bar on a terminal, and log one summary line when done.
+
+    Use :meth:`set_postfix` for the running loss / decoder calls.  When the
+    stream is not a TTY (or tqdm is missing) there is no bar, only the line.
+    """
+
+    def __init__(self, iterable, total=None, desc="", file=None):
+        self.iterable, self.total, self.desc = iterable, total, desc
+        self.file = file if file is not None else sys.stderr
+        self.postfix, self.count, self._bar = {}, 0, None
+        if getattr(self.file, "isatty", lambda: False)():
+            with contextlib.suppress(ImportError):
+                from tqdm import tqdm  # noqa: PLC0415
+                self._bar = tqdm(total=total, desc=desc, file=self.file, leave=False)
+
+    def set_postfix(self, **values):
+        """Show ``values`` (e.g. ``loss=..., calls=...``) on the bar and in the summary line."""
+        self.postfix.update(values)
+        if self._bar is not None:
+            self._bar.set_postfix_str(_format_postfix(self.postfix), refresh=False)
+
+    def __iter__(self):
+        start = time.perf_counter()
+        try:
+            for item in self.iterable:
+                yield item
+                self.count += 1
+                if self._bar is not None:
+                    self._bar.update(1)
+        finally:
+            self._finish(time.perf_counter() - start)
+
+    def _finish(self, seconds):
+        """Close the bar and print the one-line summary."""
+        if self._bar is not None:
+            self._bar.close()
+        total = f"/{self.total}" if self.total is not None else ""
+        extra = f", {_format_postfix(self.postfix)}" if self.postfix else ""
+        print(f"{self.desc}: {self.count}{total} steps in {seconds:.1f}s{extra}", file=self.file,
+              flush=True)
+
+
+def progress(iterable, total=None, desc="", file=None):
+    """A :class:`Progress` over ``iterable`` (tqdm bar on a TTY, one line per loop always)."""
+    return Progress(iterable, total=total, desc=desc, file=file)
