@@ -303,9 +303,10 @@ def _result(finished, N, lead, dtype, n_iter):
     keep = xi > 0                                                  # (N, P)
     S = max(int(xp.max(xp.sum(keep, axis=1))), 1)
     order = xp.argsort(~keep, axis=1, kind="stable")[:, :S]       # support slots first
-    keep = xp.take_along_axis(keep, order, axis=1)
-    weights = xp.take_along_axis(xi, order, axis=1) * keep
-    vertices = xp.take_along_axis(V, order[:, :, None], axis=1) * keep[:, :, None]
+    rows = xp.arange(N)[:, None]
+    keep = keep[rows, order]                                       # (N, S)
+    weights = xi[rows, order] * keep
+    vertices = V[rows, order] * keep[:, :, None]                   # (N, S, D)
     marginals = (weights[:, None, :] @ vertices)[:, 0, :]
     return SparseMAPResult(vertices=vertices.astype(dtype).reshape(lead + (S, D)),
                            weights=weights.astype(dtype).reshape(lead + (S,)),
