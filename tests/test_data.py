@@ -5,7 +5,6 @@ here touches the network: the autouse fixture makes any download fail the test.
 """
 import gzip
 import re
-import shutil
 import urllib.request
 
 import numpy as np

@@ -24,39 +24,14 @@ from refimpl import sparsemax, sparsemax_jacobian, sparsemax_vjp
 from refimpl.backend import to_numpy
 from refimpl.gradcheck import check_vjp, numerical_jacobian
 
-NEG_INF = float("-inf")
+from _references import NEG_INF, exact_sparsemax_row
+
 DTYPES = [np.float32, np.float64]
 HYP = settings(max_examples=60, deadline=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 # ------------------------------------------------------------ exact reference
-def exact_sparsemax_row(row):
-    """Exact sparsemax of a 1-D sequence of floats (``-inf`` allowed), as Fractions.
-
-    Sort descending; ``k* = max{k : 1 + k s_(k) > Σ_{j<=k} s_(j)}`` (the condition
-    holds exactly on a prefix); ``tau = (Σ_{j<=k*} s_(j) - 1) / k*``; ``p = [s - tau]_+``.
-    Every float is converted exactly (``Fraction(float)``), so no rounding at all.
-    """
-    vals = [float(x) for x in row]
-    finite = sorted((x for x in vals if x != NEG_INF), reverse=True)   # float order == exact order
-    assert finite, "reference needs a finite entry"
-    csum, k_star, csum_star = Fraction(0), 0, None
-    for k, x in enumerate(finite, 1):
-        x = Fraction(x)
-        csum += x
-        if 1 + k * x > csum:
-            k_star, csum_star = k, csum
-        else:
-            break
-    tau = (csum_star - 1) / k_star
-    tau_f = float(tau)
-    # x < float(tau) (floats) implies x < tau exactly: a cheap exact zero for long rows.
-    out = [Fraction(0) if (x < tau_f or Fraction(x) <= tau) else Fraction(x) - tau for x in vals]
-    assert sum(out) == 1
-    return out
-
-
 def exact_threshold(row):
     """Exact tau of a row (Fraction)."""
     p = exact_sparsemax_row(row)
