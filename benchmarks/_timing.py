@@ -5,7 +5,6 @@ import time
 
 import numpy as np
 
-from refimpl.backend import xp_of
 
 
 def _sync(xp):
@@ -31,6 +30,15 @@ def best_time(fn, *, repeat=5, min_time=0.2, xp=np):
         _sync(xp)
         best = min(best, (time.perf_counter() - t0) / number)
     return best
+
+
+def backend_or_exit(parser, name):
+    """``get_xp(name)``, or exit 2 with the backend's one-line explanation."""
+    from refimpl import get_xp
+    try:
+        return get_xp(name)
+    except RuntimeError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 def machine_line():

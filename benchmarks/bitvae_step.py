@@ -30,9 +30,8 @@ from experiments.bitvae import batch_objective
 from experiments.bitvae_model import BitVAE
 from nets import Adam
 from nets.estimators import make_estimator
-from refimpl import get_xp
 
-from ._timing import _sync, machine_line, print_table
+from ._timing import backend_or_exit, _sync, machine_line, print_table
 
 TARGET_MS_PER_ROW = 1.0
 
@@ -98,10 +97,7 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None, help="folder with fashion-mnist/ (see experiments.data)")
     p.add_argument("--quick", action="store_true", help="D = 32 only, 5 batches (a smoke run)")
     args = p.parse_args(argv)
-    try:
-        xp = get_xp(args.backend)
-    except RuntimeError as exc:
-        p.exit(2, f"{p.prog}: error: {exc}\n")
+    xp = backend_or_exit(p, args.backend)
     batches = 5 if args.quick else max(1, args.batches)
     images, source = _images(64 * (batches + 2), args.data_dir)
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset")

@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 
-from refimpl import (bitvector_oracle, budget_oracle, get_xp, kbest_bitvectors, sparsemap,
+from refimpl import (bitvector_oracle, budget_oracle, kbest_bitvectors, sparsemap,
                      sparsemap_vjp, sparsemax, sparsemax_vjp)
 
-from ._timing import best_time, machine_line, print_table
+from ._timing import backend_or_exit, best_time, machine_line, print_table
 
 
 def textbook_sparsemax(s):
@@ -117,10 +117,7 @@ def main(argv=None):
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     p.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
     args = p.parse_args(argv)
-    try:
-        xp = get_xp(args.backend)
-    except RuntimeError as exc:
-        p.exit(2, f"{p.prog}: error: {exc}\n")
+    xp = backend_or_exit(p, args.backend)
     print(f"# benchmarks.mappings, backend {args.backend}: {machine_line()}")
     Ks = [10, 256] if args.quick else [10, 256, 4096, 65536]
     bench_sparsemax(xp, Ks, batch=64 if args.quick else 1024)
