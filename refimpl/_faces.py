@@ -6,8 +6,8 @@ oracles can tell the solver more than an argmax:
 
 * ``face_dim``: the dimension of the minimal face containing the marginals
   of a support, read off the support vertices exactly (``spans_face``);
-* ``warm_start``: an affinely independent set of vertices that spans that
-  face and contains the projection ``μ`` of ``t``.  The active-set solver
+* ``warm_start``: the projection ``μ`` of ``t`` and an affinely independent
+  set of vertices, with weights, that spans its face and mixes to ``μ``.  The active-set solver
   starts from it, recomputes the weights by its own KKT solve and certifies
   optimality with the oracle.
 
@@ -26,9 +26,9 @@ def cube_face_dim(vertices, support):
     """Face dimension of ``μ`` for the cube: coordinates where the support
     vertices disagree (there ``0 < μ_i < 1``).  (N, S, D), (N, S) -> (N,)."""
     xp = xp_of(vertices)
-    on = xp.where(support[:, :, None], vertices, 0).max(axis=1)
-    off = xp.where(support[:, :, None], vertices, 1).min(axis=1)
-    return xp.sum(on != off, axis=1)
+    keep = support.astype(vertices.dtype)
+    on = (keep[:, None, :] @ vertices)[:, 0, :]                           # support vertices with a_i = 1
+    return xp.sum((on > 0) & (on < xp.sum(keep, axis=1, keepdims=True)), axis=1)
 
 
 def budget_face_dim(B):
@@ -37,7 +37,7 @@ def budget_face_dim(B):
     def face_dim(vertices, support):
         xp = xp_of(vertices)
         free = cube_face_dim(vertices, support)
-        ones = xp.sum(vertices, axis=2)                                  # (N, S)
+        ones = (vertices @ xp.ones((vertices.shape[2], 1), dtype=vertices.dtype))[:, :, 0]
         tight = xp.all(~support | (ones == B), axis=1)
         return free - (tight & (free > 0))
     return face_dim
@@ -105,17 +105,19 @@ def systematic_vertices(mu, m):
     after = xp.concatenate([theta[:, 1:], xp.ones((n, 1))], axis=1)
     valid = after - theta > TIE
     mid = ((theta + after) / 2)[:, :, None]                                # (n, D + 2, 1)
-    hits = xp.ceil(ends[:, None, :] - mid) - xp.ceil(starts[:, None, :] - mid)
-    chosen = (hits[:, :, 1:] > 0.5) | (mu >= 1)[:, None, :]                # drop the slack
-    return (chosen & valid[:, :, None]).astype(mu.dtype), xp.where(valid, after - theta, 0)
+    # θ + q ∈ [start, start + length) for some integer q  ⟺  (θ - start) mod 1 < length
+    chosen = xp.mod(mid - starts[:, None, 1:], 1) < lengths[:, None, 1:]   # drop the slack
+    chosen = (chosen | (mu >= 1)[:, None, :]) & valid[:, :, None]
+    return chosen.astype(mu.dtype), xp.where(valid, after - theta, 0)
 
 
 def cube_warm_start(t):
-    """Spanning vertices for the cube: ``μ = clip(t, 0, 1)``, ``m = ⌈Σ_F μ⌉``."""
+    """Spanning vertices for the cube: ``μ = clip(t, 0, 1)``, ``m = ⌈Σ_F μ⌉``.
+    Returns vertices (n, D + 2, D), weights (n, D + 2) and ``μ`` (n, D)."""
     xp = xp_of(t)
     mu = xp.clip(t, 0, 1)
     s = xp.sum(xp.where((mu > 0) & (mu < 1), mu, 0), axis=1)
-    return systematic_vertices(mu, xp.ceil(s))
+    return (*systematic_vertices(mu, xp.ceil(s)), mu)
 
 
 def budget_warm_start(B):
@@ -128,7 +130,7 @@ def budget_warm_start(B):
         s = xp.sum(xp.where(free, mu, 0), axis=1)
         room = B - xp.sum(mu >= 1, axis=1)
         m = xp.where(s > room - 1e-9, room, xp.ceil(s))
-        return systematic_vertices(mu, m)
+        return (*systematic_vertices(mu, m), mu)
     return warm_start
 
 

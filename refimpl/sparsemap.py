@@ -181,9 +181,10 @@ def sparsemap(t: Array, oracle: Oracle, max_iter: Optional[int] = None, tol: flo
     max_iter = 20 * (D + 2) if max_iter is None else int(max_iter)
     warm = getattr(oracle, "warm_start", None)
     if init is None and warm is not None:
-        V, w = first_vertices(*warm(t64))
-        ok = _certified(t64, oracle, tol, V, w)
-        parts = [(xp.nonzero(ok)[0], V[ok], w[ok])]
+        V, w, mu = warm(t64)
+        V, w = first_vertices(V, w / xp.sum(w, axis=1, keepdims=True))
+        ok = _certified(t64, oracle, tol, V, mu)
+        parts = [(xp.nonzero(ok)[0], V[ok], w[ok], mu[ok])]
         rest = ~ok
         if bool(xp.any(rest)):                       # not certified: iterate from a vertex
             ws = WorkingSet.start(t64[rest], V[rest, 0], V[rest, 0])
@@ -201,17 +202,17 @@ def sparsemap(t: Array, oracle: Oracle, max_iter: Optional[int] = None, tol: flo
     return _result(parts, t64.shape[0], lead, t.dtype, n_iter, oracle)
 
 
-def _certified(t, oracle, tol, V, w):
-    """(n,) bool: is the decomposition ``(V, w)`` optimal?  The active set's
-    own stopping test: no vertex gains more than the tolerance over the
-    support, ``<a_z - a_ref, t - μ> <= tol (1 + max |t_i|)``, the max over
-    the coordinates where the support or ``z`` differ from ``a_ref``."""
+def _certified(t, oracle, tol, V, mu):
+    """(n,) bool: is the decomposition of ``μ`` over ``V`` optimal?  The active
+    set's own stopping test with ``a_ref = V[:, 0]``: no vertex gains more than
+    the tolerance, ``<a_z - a_ref, t - μ> <= tol (1 + max |t_i|)``, the max over
+    the coordinates where the support or ``z`` differ (``0 < μ_i < 1``, or
+    ``z_i != a_ref,i``)."""
     xp = xp_of(t)
     ref = V[:, 0]
-    diff = (V - ref[:, None, :]) * (w > 0)[:, :, None]
-    resid = t - (ref + (w[:, None, :] @ diff)[:, 0, :])                   # t - μ
+    resid = t - mu
     tabs = xp.abs(t)
-    touched = xp.any(diff != 0, axis=1)
+    touched = (mu > 0) & (mu < 1)
     scale = 1 + xp.max(xp.where(touched, tabs, 0), axis=1)
     z = oracle(tie_grid(resid, tol * scale, t.shape[1])).astype(t.dtype)
     dz = z - ref
@@ -236,8 +237,9 @@ def _active_set(ws, oracle, tol, max_iter, parts):
         n_iter += 1
         if 2 * n_done >= len(ws):                    # compact once half have finished
             done = ws.take(ws.done)
-            parts.append((done.ids, (done.X + done.v[:, None, :]) * done.active[:, :, None],
-                          xp.where(done.active, done.xi, 0)))
+            V = (done.X + done.v[:, None, :]) * done.active[:, :, None]
+            w = xp.where(done.active, done.xi, 0)
+            parts.append((done.ids, V, w, _mix(V, w)))
             ws = ws.take(~ws.done)
             ws.xi_old = ws.xi
     return n_iter
@@ -248,37 +250,42 @@ def _result(parts, N, lead, dtype, n_iter, oracle):
     xp = xp_of(parts[0][1])
     parts = [p for p in parts if len(p[0])]
     if len(parts) == 1:                               # one part holds every row, in order
-        V, xi = parts[0][1], parts[0][2]
+        V, xi, mu = parts[0][1:]
     else:
-        P, D = max(V.shape[1] for _, V, _ in parts), parts[0][1].shape[2]
-        V, xi = xp.zeros((N, P, D)), xp.zeros((N, P))
-        for ids, Vp, wp in parts:
-            V[ids, :Vp.shape[1]], xi[ids, :Vp.shape[1]] = Vp, wp
-    D = V.shape[2]
+        P, D = max(p[1].shape[1] for p in parts), parts[0][1].shape[2]
+        V, xi, mu = xp.zeros((N, P, D)), xp.zeros((N, P)), xp.zeros((N, D))
+        for ids, Vp, wp, mp in parts:
+            V[ids, :Vp.shape[1]], xi[ids, :Vp.shape[1]], mu[ids] = Vp, wp, mp
     keep = xi > 0
     n_support = xp.sum(keep, axis=1)                                          # (N,)
     S = max(int(xp.max(n_support)), 1)
-    if bool(xp.all(keep[:, :S] == (xp.arange(S)[None, :] < n_support[:, None]))) and V.shape[1] == S:
-        weights, vertices = xi * keep, V * keep[:, :, None]                   # support first already
+    prefix = xp.arange(V.shape[1])[None, :] < n_support[:, None]
+    if V.shape[1] == S and bool(xp.all(keep == prefix)):
+        weights, vertices = xi * keep, V                                      # support first already
     else:
         order = xp.argsort(~keep, axis=1, kind="stable")[:, :S]              # support first
         rows = xp.arange(N)[:, None]
         keep = keep[rows, order]                                              # (N, S)
         weights = xi[rows, order] * keep
         vertices = V[rows, order] * keep[:, :, None]                          # (N, S, D)
-    # μ = a_r + Σ_s ξ_s (a_s - a_r) with a_r the first support vertex: where
-    # all support vertices agree, μ_i is a_r,i exactly.
-    ref = vertices[:, 0, :]
-    diff = (vertices - ref[:, None, :]) * keep[:, :, None]
-    marginals = ref + (weights[:, None, :] @ diff)[:, 0, :]
+    D = vertices.shape[2]
     spans = _spans_face(oracle, vertices, keep, n_support)
     shape = lead + (S,)
     return SparseMAPResult(
         vertices=vertices.astype(dtype).reshape(shape + (D,)),
         weights=weights.astype(dtype).reshape(shape),
-        marginals=marginals.astype(dtype).reshape(lead + (D,)),
+        marginals=mu.astype(dtype).reshape(lead + (D,)),
         n_iter=n_iter,
         spans_face=None if spans is None else spans.reshape(lead))
+
+
+def _mix(V, w):
+    """``μ = a_r + Σ_s ξ_s (a_s - a_r)`` with ``a_r = V[:, 0]``, an active
+    vertex: where all active vertices agree, ``μ_i`` is ``a_r,i`` exactly.
+    (n, P, D), (n, P) -> (n, D)."""
+    ref = V[:, 0, :]
+    diff = (V - ref[:, None, :]) * (w > 0)[:, :, None]
+    return ref + (w[:, None, :] @ diff)[:, 0, :]
 
 
 def _spans_face(oracle, vertices, support, n_support):
