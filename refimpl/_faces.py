@@ -105,8 +105,11 @@ def systematic_vertices(mu, m):
     after = xp.concatenate([theta[:, 1:], xp.ones((n, 1))], axis=1)
     valid = after - theta > TIE
     mid = ((theta + after) / 2)[:, :, None]                                # (n, D + 2, 1)
-    # θ + q ∈ [start, start + length) for some integer q  ⟺  (θ - start) mod 1 < length
-    chosen = xp.mod(mid - starts[:, None, 1:], 1) < lengths[:, None, 1:]   # drop the slack
+    # θ + q ∈ [start, start + length) for an integer q: with f = frac(start) and
+    # e = f + length (< 2), θ ∈ [f, e) or, wrapping around, θ < e - 1
+    f = (starts - xp.floor(starts))[:, None, 1:]                           # drop the slack
+    e = f + lengths[:, None, 1:]
+    chosen = ((mid >= f) & (mid < e)) | (mid < e - 1)
     chosen = (chosen | (mu >= 1)[:, None, :]) & valid[:, :, None]
     return chosen.astype(mu.dtype), xp.where(valid, after - theta, 0)
 

@@ -146,9 +146,13 @@ def sparsemap(t: Array, oracle: Oracle, max_iter: Optional[int] = None, tol: flo
     to the first zero and drops that vertex; otherwise it calls the oracle on
     ``t - μ`` and stops when the best vertex gains at most ``tol · (1 +
     max |t_i|)`` over the active ones, the max taken over the coordinates
-    where the vertices met so far differ (so a huge coordinate that no
-    structure changes does not loosen the test), else adds it.  All examples
-    iterate together; finished ones leave the working set in halves.
+    where the active vertices differ (so a huge coordinate that no structure
+    changes does not loosen the test), else adds it.  All examples iterate
+    together.  Where the oracle has a ``warm_start`` (the cube and the budget
+    polytope) the active set starts from vertices spanning the face of the
+    closed-form projection and is certified by that same stopping test in
+    one iteration (docs/derivations.md §4.5); else it starts from
+    ``oracle(t)`` or ``init``.
 
     Parameters
     ----------
@@ -156,12 +160,15 @@ def sparsemap(t: Array, oracle: Oracle, max_iter: Optional[int] = None, tol: flo
     oracle : callable ``(n, D) -> (n, D)`` 0/1 maximizer, e.g.
         :func:`refimpl.bitvector_oracle` or :func:`refimpl.budget_oracle` (B).
     max_iter : iteration cap (default ``20 (D + 2)``); ``RuntimeError`` if hit.
-    tol : optimality tolerance (relative, see above).  Converged rows have
-        marginals exact to rounding, and their support spans μ's minimal face
-        except where a vertex would enter with a gain below the tolerance
+    tol : optimality tolerance (relative, see above).  Warm-started rows
+        have the closed-form marginals and a support spanning μ's minimal
+        face (except at ties between free coordinates); the plain active set
+        has marginals within about ``tol`` and may stop short of the face
         (``spans_face`` says which rows).
     init : optional (..., D) 0/1 starting vertices, each a vertex of the
-        polytope (not checked); default ``oracle(t)``.
+        polytope (not checked): run the plain active set from there (e.g. the
+        authors' random initial vertex).  Default: the oracle's warm start, or
+        ``oracle(t)``.
 
     Returns
     -------
@@ -174,7 +181,7 @@ def sparsemap(t: Array, oracle: Oracle, max_iter: Optional[int] = None, tol: flo
     xp = check_scores(t, "t", allow_neg_inf=False)
     _check_oracle(oracle)
     lead, D = t.shape[:-1], t.shape[-1]
-    t64 = t.reshape(-1, D).astype(np.float64)                                # (N, D)
+    t64 = t.reshape(-1, D).astype(np.float64, copy=False)                              # (N, D)
     if init is not None and (not hasattr(init, "shape") or tuple(init.shape) != tuple(t.shape)):
         raise ValueError(f"init must have the shape of t {tuple(t.shape)}, got "
                          f"{tuple(init.shape) if hasattr(init, 'shape') else type(init).__name__}")
@@ -272,9 +279,9 @@ def _result(parts, N, lead, dtype, n_iter, oracle):
     spans = _spans_face(oracle, vertices, keep, n_support)
     shape = lead + (S,)
     return SparseMAPResult(
-        vertices=vertices.astype(dtype).reshape(shape + (D,)),
-        weights=weights.astype(dtype).reshape(shape),
-        marginals=mu.astype(dtype).reshape(lead + (D,)),
+        vertices=vertices.astype(dtype, copy=False).reshape(shape + (D,)),
+        weights=weights.astype(dtype, copy=False).reshape(shape),
+        marginals=mu.astype(dtype, copy=False).reshape(lead + (D,)),
         n_iter=n_iter,
         spans_face=None if spans is None else spans.reshape(lead))
 
@@ -321,7 +328,7 @@ def sparsemap_vjp(result: SparseMAPResult, grad_weights: Array) -> Array:
     xp = xp_of(result.vertices, grad_weights)
     V, w = result.vertices, result.weights
     lead, (S, D) = V.shape[:-2], V.shape[-2:]
-    V64 = V.reshape(-1, S, D).astype(np.float64)                             # (N, S, D)
+    V64 = V.reshape(-1, S, D).astype(np.float64, copy=False)                 # (N, S, D)
     support = (w.reshape(-1, S) > 0).astype(np.float64)
     g = grad_weights.reshape(-1, S).astype(np.float64) * support
     U = _solve_gram(V, support, xp.stack([g, support], axis=2))              # K⁻¹[g, 1]
@@ -333,15 +340,17 @@ def sparsemap_vjp(result: SparseMAPResult, grad_weights: Array) -> Array:
 
 def _solve_gram(V, support, R):
     """``K⁻¹ R`` on the support, ``K = X Xᵀ + 11ᵀ`` with X the vertices
-    less the first one: integer entries, formed exactly in float32 (sums of
-    at most D products of -1, 0, 1), solved in float64 (LU, partial
-    pivoting); padding slots are decoupled (identity)."""
+    less the first one, ``X Xᵀ = A Aᵀ - c1ᵀ - 1cᵀ + <a_1, a_1>`` (c = A a_1):
+    integer entries, exact in float32 (counts of at most D ones), solved in
+    float64 (LU, partial pivoting); padding slots are decoupled (identity)."""
     xp = xp_of(R)
     N, S = support.shape
-    X = ((V - V[..., :1, :]).reshape(N, S, -1) * support[:, :, None]).astype(np.float32)
+    A = V.reshape(N, S, -1).astype(np.float32)                       # 0/1: exact
+    v = A[:, :1, :]                                                   # translate by a_1
+    c = (A @ v.transpose(0, 2, 1))[:, :, 0]                           # <a_s, a_1>
+    G = A @ A.transpose(0, 2, 1) - c[:, :, None] - c[:, None, :] + c[:, :1, None]
     mask = support[:, :, None] * support[:, None, :]
-    K = (X @ X.transpose(0, 2, 1)).astype(np.float64) * mask + mask
-    K = K + xp.eye(S) * (1 - support)[:, None, :]
+    K = (G.astype(np.float64) + 1) * mask + xp.eye(S) * (1 - support)[:, None, :]
     try:
         return xp.linalg.solve(K, R)
     except np.linalg.LinAlgError:
