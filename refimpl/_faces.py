@@ -61,7 +61,7 @@ def capped_projection(t, B):
     over = xp.sum(mu, axis=1) > B
     kth = xp.sort(t, axis=1)[:, D - B - 1]                              # (B+1)-th largest
     lo, hi = xp.maximum(kth - 1, 0), xp.maximum(kth, 0)
-    for _ in range(60):
+    for _ in range(48):                                                  # 2^-48: far inside the ties
         mid = (lo + hi) / 2
         big = xp.sum(xp.clip(t - mid[:, None], 0, 1), axis=1) > B
         lo, hi = xp.where(big, mid, lo), xp.where(big, hi, mid)

@@ -191,14 +191,14 @@ def sparsemap(t: Array, oracle: Oracle, max_iter: Optional[int] = None, tol: flo
         V, w, mu = warm(t64)
         V, w = first_vertices(V, w / xp.sum(w, axis=1, keepdims=True))
         ok = _certified(t64, oracle, tol, V, mu)
-        parts = [(xp.nonzero(ok)[0], V[ok], w[ok], mu[ok])]
-        rest = ~ok
-        if bool(xp.any(rest)):                       # not certified: iterate from a vertex
+        ws, n_iter = None, 1
+        if bool(xp.all(ok)):                          # the usual case: no indexing
+            parts = [(None, V, w, mu)]
+        else:                                          # not certified: iterate from a vertex
+            rest = ~ok
+            parts = [(xp.nonzero(ok)[0], V[ok], w[ok], mu[ok])]
             ws = WorkingSet.start(t64[rest], V[rest, 0], V[rest, 0])
             ws.ids = xp.nonzero(rest)[0]
-        else:
-            ws = None
-        n_iter = 1
     else:
         parts, n_iter = [], 0
         origin = _first_vertex(oracle, t64, None)
@@ -255,8 +255,9 @@ def _active_set(ws, oracle, tol, max_iter, parts):
 def _result(parts, N, lead, dtype, n_iter, oracle):
     """Gather the finished rows; support slots first, ``S`` = the largest support."""
     xp = xp_of(parts[0][1])
-    parts = [p for p in parts if len(p[0])]
-    if len(parts) == 1:                               # one part holds every row, in order
+    compact = parts[0][0] is None                     # the warm start, every row in order
+    parts = [p for p in parts if p[0] is None or len(p[0])]
+    if len(parts) == 1 and (compact or len(parts[0][0]) == N):
         V, xi, mu = parts[0][1:]
     else:
         P, D = max(p[1].shape[1] for p in parts), parts[0][1].shape[2]
@@ -266,9 +267,8 @@ def _result(parts, N, lead, dtype, n_iter, oracle):
     keep = xi > 0
     n_support = xp.sum(keep, axis=1)                                          # (N,)
     S = max(int(xp.max(n_support)), 1)
-    prefix = xp.arange(V.shape[1])[None, :] < n_support[:, None]
-    if V.shape[1] == S and bool(xp.all(keep == prefix)):
-        weights, vertices = xi * keep, V                                      # support first already
+    if compact and V.shape[1] == S:                    # support first already
+        weights, vertices = xi * keep, V
     else:
         order = xp.argsort(~keep, axis=1, kind="stable")[:, :S]              # support first
         rows = xp.arange(N)[:, None]
