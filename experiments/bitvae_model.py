@@ -19,6 +19,8 @@ import numpy as np
 from nets import MLP, Linear, Module, Tensor, no_grad, ops
 from nets.autodiff import as_tensor, is_grad_enabled, make_output
 from refimpl.backend import to_numpy, xp_of
+from refimpl.numerics import bernoulli_entropy, bit_codes, logsumexp
+from refimpl.numerics import log_sigmoid as _log_sigmoid
 
 __all__ = ["pixel_categorical_nll", "pixel_categorical_nll_reference", "BitVAE", "bit_codes",
            "draw_bernoulli", "log_bernoulli", "bernoulli_entropy", "importance_nll", "authors_nll",
@@ -235,43 +237,10 @@ class BitVAE(Module):
 
 
 # =========================================================================== densities
-def logsumexp(a, axis):
-    """Stable log Σ exp over ``axis`` of an xp array (-inf entries allowed)."""
-    xp = xp_of(a)
-    m = a.max(axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0)
-    return (xp.log(xp.exp(a - m).sum(axis=axis, keepdims=True)) + m).squeeze(axis)
-
-
-def bit_codes(z):
-    """0/1 bit-vectors (..., D) -> exact integer codes (..., ceil(D/32)) int64, for equality tests."""
-    xp = xp_of(z)
-    D = z.shape[-1]
-    pad = (-D) % 32
-    zb = z.astype(np.int64)
-    if pad:
-        zb = xp.concatenate([zb, xp.zeros(z.shape[:-1] + (pad,), dtype=np.int64)], axis=-1)
-    zb = zb.reshape(z.shape[:-1] + (-1, 32))
-    return (zb << xp.arange(32, dtype=np.int64)).sum(axis=-1)
-
-
-def _log_sigmoid(t):
-    """log σ(t) = -softplus(-t), exact for any |t| (no rounding of σ to 0 or 1)."""
-    xp = xp_of(t)
-    return -(xp.maximum(-t, 0) + xp.log1p(xp.exp(-xp.abs(t))))
-
-
 def log_bernoulli(z, t):
     """log Π_i Bernoulli(z_i; σ(t_i)): z (..., D) 0/1, t broadcastable -> (...), float64."""
     t = t.astype(np.float64)
     return (z * _log_sigmoid(t) + (1 - z) * _log_sigmoid(-t)).sum(axis=-1)
-
-
-def bernoulli_entropy(t):
-    """Σ_i H(Bernoulli(σ(t_i))) = Σ_i softplus(t_i) - σ(t_i) t_i per row: (B, D) -> (B,)."""
-    xp = xp_of(t)
-    softplus = -_log_sigmoid(-t)
-    return (softplus - xp.exp(_log_sigmoid(t)) * t).sum(axis=-1)
 
 
 # =========================================================================== NLL

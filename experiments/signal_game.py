@@ -68,6 +68,7 @@ from experiments import signal_data as sd
 from experiments.signal_game_model import Game, embed_rows, pair_scores, straight_value
 from nets import Adam, Tensor, no_grad, ops
 from refimpl.backend import to_numpy
+from refimpl.numerics import one_hot
 
 __all__ = ["METHODS", "PAPER_SETTINGS", "Game", "pair_scores", "embed_rows", "straight_value", "game_loss_fn",
            "make_estimator_for", "step_objective", "evaluate", "train", "build_parser", "main"]
@@ -144,7 +145,7 @@ def evaluate(game, method, x, images, target, chunk=512):
             if method in MARGINALISED:
                 p = _sparsemax(logits, axis=-1) if method == "sparsemax" else ops.softmax(Tensor(logits)).data
             else:
-                p = (xp.arange(logits.shape[1])[None, :] == logits.argmax(1)[:, None]).astype(dtype)
+                p = one_hot(logits.argmax(1), logits.shape[1], xp, dtype)
             idx, m = xp.nonzero(p > 0)
             game.receiver_rows += int(idx.shape[0])
             scores = pair_scores(embed_rows(game.messages, m), cands, idx)

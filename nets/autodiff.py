@@ -96,6 +96,12 @@ class Tensor:
     requires_grad : whether :meth:`backward` should compute ``.grad`` for this
         tensor.  Only floating tensors may require grad.
 
+    Operators (``+ - * / @ **``, unary ``-``, ``[]``) and the methods ``sum``,
+    ``mean``, ``reshape``, ``transpose``, ``T``, ``exp``, ``log``, ``relu``,
+    ``sigmoid``, ``tanh`` call the op of that name in :mod:`nets.ops`; they are
+    attached in one place, ``nets/__init__.py``, so that this module imports
+    nothing from ``nets``.
+
     Attributes: ``data``, ``grad`` (None until a backward pass reaches this
     tensor; same shape, dtype and device as ``data``), ``requires_grad``,
     ``shape``, ``dtype``, ``ndim``, ``size``, ``xp``.
@@ -232,81 +238,6 @@ class Tensor:
                 previous = grads.get(id(parent))
                 grads[id(parent)] = pg if previous is None else previous + pg
 
-    # ------------------------------------------------------------- operators
-    def __add__(self, other):
-        return ops.add(self, other)
-
-    def __radd__(self, other):
-        return ops.add(other, self)
-
-    def __sub__(self, other):
-        return ops.sub(self, other)
-
-    def __rsub__(self, other):
-        return ops.sub(other, self)
-
-    def __mul__(self, other):
-        return ops.mul(self, other)
-
-    def __rmul__(self, other):
-        return ops.mul(other, self)
-
-    def __truediv__(self, other):
-        return ops.div(self, other)
-
-    def __rtruediv__(self, other):
-        return ops.div(other, self)
-
-    def __matmul__(self, other):
-        return ops.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return ops.matmul(other, self)
-
-    def __pow__(self, exponent):
-        return ops.pow(self, exponent)
-
-    def __neg__(self):
-        return ops.neg(self)
-
-    def __getitem__(self, index):
-        return ops.getitem(self, index)
-
-    def sum(self, axis=None, keepdims=False):
-        return ops.sum(self, axis=axis, keepdims=keepdims)
-
-    def mean(self, axis=None, keepdims=False):
-        return ops.mean(self, axis=axis, keepdims=keepdims)
-
-    def reshape(self, *shape):
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return ops.reshape(self, shape)
-
-    def transpose(self, *axes):
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        return ops.transpose(self, axes or None)
-
-    @property
-    def T(self):
-        return ops.transpose(self, None)
-
-    def exp(self):
-        return ops.exp(self)
-
-    def log(self):
-        return ops.log(self)
-
-    def relu(self):
-        return ops.relu(self)
-
-    def sigmoid(self):
-        return ops.sigmoid(self)
-
-    def tanh(self):
-        return ops.tanh(self)
-
 
 def _topological_order(root):
     """Tensors reachable from ``root`` that require grad, every input before its users.
@@ -363,6 +294,3 @@ def make_output(data, parents, vjp, op):
         out._vjp = vjp
         out._op = op
     return out
-
-
-from . import ops  # noqa: E402  (ops needs Tensor, defined above)

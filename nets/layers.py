@@ -14,6 +14,7 @@ NumPy and on CuPy.
 import numpy as np
 
 from refimpl.backend import to_numpy
+from refimpl.numerics import check_positive_int as _positive_int
 
 from . import ops
 from .autodiff import Tensor
@@ -85,12 +86,6 @@ class Module:
                                  f"shape {p.shape}")
         for name, p in params.items():
             p.data[...] = p.xp.asarray(to_numpy(state[name]).astype(p.dtype, copy=False))
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _parameter(values, xp, dtype):

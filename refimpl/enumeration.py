@@ -6,6 +6,8 @@ serve as an *independent* reference for the fast structured algorithms
 """
 import numpy as np
 
+from .numerics import bit_codes
+
 __all__ = ["all_bitvectors", "bitvector_index", "bitvector_scores"]
 
 _MAX_D = 20
@@ -25,8 +27,11 @@ def all_bitvectors(D, dtype=bool):
 
 def bitvector_index(bits):
     """Inverse of :func:`all_bitvectors`: ``(..., D)`` bits -> ``(...,)`` int64 row indices."""
-    bits = np.asarray(bits).astype(np.int64)
-    return (bits << np.arange(bits.shape[-1])).sum(-1)
+    bits = np.asarray(bits)
+    if bits.shape[-1] > 32:
+        raise ValueError(f"bitvector_index: D = {bits.shape[-1]} > 32 has no single int64 index; "
+                         f"use refimpl.numerics.bit_codes")
+    return bit_codes(bits)[..., 0]
 
 
 def bitvector_scores(t):

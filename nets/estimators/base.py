@@ -7,8 +7,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from refimpl.backend import xp_of
+from refimpl.numerics import check_positive_int as _positive_int  # noqa: F401  (re-exported)
+from refimpl.numerics import one_hot as _one_hot  # noqa: F401  (used by sampling)
 
 from .. import ops
+from ..losses import bernoulli_entropy as _bernoulli_entropy  # noqa: F401  (used by the estimators)
 from ..autodiff import Tensor, is_grad_enabled
 
 
@@ -39,12 +42,6 @@ def _softmax_entropy(s):
     return ops.logsumexp(s, axis=1) - (ops.softmax(s, axis=1) * s).sum(axis=1)
 
 
-def _bernoulli_entropy(t):
-    """Σ_i H(Bernoulli(σ(t_i))) per row; H = softplus(t) - σ(t) t, stable for any |t|
-    (from H = p softplus(-t) + (1-p) softplus(t) and softplus(-t) = softplus(t) - t)."""
-    return (ops.softplus(t) - ops.sigmoid(t) * t).sum(axis=1)
-
-
 def _sparse_entropy(probs):
     """-Σ_{π>0} π log π per row of a (B, S) Tensor with exact zeros off the support.
 
@@ -54,22 +51,11 @@ def _sparse_entropy(probs):
     return -(probs * ops.log(ops.where(on, probs, 1.0))).sum(axis=1)
 
 
-def _one_hot(cols, K, xp, dtype):
-    """(n,) class indices -> (n, K) one-hot rows in ``dtype``."""
-    return (xp.arange(K)[None, :] == cols[:, None]).astype(dtype)
-
-
 def _noise(rng, kind, shape, like):
     """Gumbel(0,1) or Logistic(0,1) noise drawn with numpy ``rng`` (reproducible
     across backends), moved to ``like``'s device in its dtype."""
     draw = rng.gumbel(size=shape) if kind == "gumbel" else rng.logistic(size=shape)
     return like.xp.asarray(draw, dtype=like.dtype)
-
-
-def _positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 # ================================================================== base class
