@@ -12,19 +12,16 @@ for their forward values.
 * :func:`bit_codes` -- 0/1 bit-vectors to exact integer codes (for equality tests).
 * :func:`check_positive_int` -- an integer ``>= 1`` (optionally ``<= upper``), or a clear error.
 """
-from __future__ import annotations
-
 import numbers
 from typing import Any, Optional
 
 import numpy as np
 
+from ._types import Array
 from .backend import xp_of
 
 __all__ = ["logsumexp", "softplus", "log_sigmoid", "sigmoid", "bernoulli_entropy", "one_hot",
            "bit_codes", "check_positive_int"]
-
-Array = Any     # a NumPy or CuPy ndarray
 
 
 def logsumexp(x: Array, axis: int = -1, keepdims: bool = False) -> Array:
@@ -107,9 +104,10 @@ def check_positive_int(value: Any, name: str, upper: Optional[int] = None,
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive integer, got {type(value).__name__} {value!r}")
-    if value < 1:
+    n = int(value)
+    if n < 1:
         raise ValueError(f"{name} must be a positive integer (at least 1), got {value!r}")
-    if upper is not None and value > upper:
+    if upper is not None and n > upper:
         bound = f"{upper_name} = {upper}" if upper_name else str(upper)
         raise ValueError(f"{name} must be at most {bound}, got {value!r}")
-    return int(value)
+    return n

@@ -58,6 +58,12 @@ def _noise(rng, kind, shape, like):
     return like.xp.asarray(draw, dtype=like.dtype)
 
 
+class NonFiniteLossError(ValueError):
+    """``loss_fn`` returned NaN or an infinite value (raised by :meth:`Estimator._evaluate`).
+
+    A ``ValueError`` subclass; callers that stop a run on it catch it by type."""
+
+
 # ================================================================== base class
 class Estimator:
     """Base class: ``estimator(scores, loss_fn, rng) -> Estimate``.
@@ -140,7 +146,7 @@ class Estimator:
         if bool(xp.any(bad)):
             where = xp.nonzero(bad)[0]
             first = int(where[0])
-            raise ValueError(f"{self._who}: loss_fn returned non-finite values at "
+            raise NonFiniteLossError(f"{self._who}: loss_fn returned non-finite values at "
                              f"{int(where.shape[0])} of {n} pairs (first: {float(out.data[first])} "
                              f"at pair {first}, example {int(idx[first])})")
         return out
