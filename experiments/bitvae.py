@@ -3,7 +3,7 @@
     python -m experiments.bitvae --method topk --bits 32 --out runs/bitvae_topk32 \\
         [--backend cupy] [--epochs 100] [--max-train N] [--nll-samples 1024] [--resume]
 
-Faithful to the authors' settings (design.md §4): model and split as theirs
+Faithful to the authors' settings (docs/authors.md, Bit-vector VAE): model and split as theirs
 (train = first 55,000 training images, reshuffled every epoch; validation =
 the last 5,000; test = the official 10,000), Adam without weight decay, seed
 42, lr and batch size by method and D from their table (D <= 64 takes the

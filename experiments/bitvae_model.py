@@ -6,7 +6,7 @@
 * :class:`BitVAE` -- encoder ``Linear(784->128) ReLU Linear(128->D)`` (scores t),
   decoder ``Linear(D->128) ReLU Linear(128->784*5)``, reshape (784, 5), shared
   head ``Linear(5->256)``: each pixel a categorical over its raw byte
-  (design.md §4 "Bit-vector VAE").
+  (docs/authors.md, "Bit-vector VAE").
 * :func:`importance_nll` / :func:`authors_nll` -- log p(x) estimates for the
   test set (see their docstrings and docs/results.md).
 
@@ -89,7 +89,7 @@ def _scatter_add_rows(index, values, L, use_bincount=None):
 def pixel_categorical_nll(h, weight, bias, targets, *, chunk_rows=None, shift=None):
     """Σ_p -log softmax(h[n, p] @ weight + bias)[targets[n, p]]: per-row NLL, fused.
 
-    The decoder's head (design.md §4): every pixel p of every row n has a
+    The decoder's head (docs/authors.md, Bit-vector VAE): every pixel p of every row n has a
     C-vector ``h[n, p]`` (C = 5) mapped by ONE shared ``Linear(C -> L)``
     (L = 256) to the logits of a categorical over the pixel's byte value.
 
@@ -309,7 +309,7 @@ def importance_nll(decode, targets, t, n_samples, rng, probs=None, support=None)
 
 
 def authors_nll(decode, targets, support_nll, n_samples, rng, bits):
-    """The authors' estimate for sparse methods (design.md §4), exactly as stated:
+    """The authors' estimate for sparse methods (docs/authors.md, Bit-vector VAE), exactly as stated:
 
         log p̂(x) = log[ 2^-D Σ_{z ∈ supp} p(x|z) + (1/S) Σ_s p(x|z_s) ],  z_s ~ uniform.
 

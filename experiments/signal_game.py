@@ -8,7 +8,7 @@ receiver sees 16 candidate images (distinct concepts) and the message, and must 
 target.  In the paper's notation x = (candidates, target), pi(z|x) = sender(z | v_target)
 and ``l(x, z) = -log p_receiver(target | candidates, z)``.
 
-Architecture (after Lazaridou et al. / EGG, sizes of design.md §4)
+Architecture (after Lazaridou et al. / EGG, sizes of docs/authors.md)
 -----------------------------------------------------------------
 * sender: ``Linear(F -> hidden=512)``, ``--activation`` (tanh, default; or relu),
   ``Linear(hidden -> vocab=256)``; logits divided by ``--sender-temperature`` 10.
@@ -23,7 +23,7 @@ Architecture (after Lazaridou et al. / EGG, sizes of design.md §4)
   game.  The loss_fn evaluates all pairs of a step in one batched product
   (:func:`pair_scores`), never looping over games or messages.
 
-Methods and losses (lr / entropy coefficient from design.md §4; Adam, no weight decay)
+Methods and losses (lr / entropy coefficient from docs/authors.md; Adam, no weight decay)
 --------------------------------------------------------------------------------------
 * ``dense`` (softmax, all 256 messages) and ``sparsemax``: exact marginalisation of the NLL.
 * ``sfe-nll``: SFE (running-mean baseline) with reward = NLL; the receiver is trained by
@@ -305,9 +305,9 @@ def build_parser():
                    help="steps between validations / checkpoints (the authors' epoch)")
     p.add_argument("--batch-size", type=common.positive_int, default=64, help="games per step")
     p.add_argument("--lr", type=common.positive_float, default=None,
-                   help="Adam learning rate (default: the method's, design.md §4)")
+                   help="Adam learning rate (default: the method's, docs/authors.md)")
     p.add_argument("--entropy-coeff", type=float, default=None,
-                   help="sender entropy bonus (default: the method's, design.md §4)")
+                   help="sender entropy bonus (default: the method's, docs/authors.md)")
     p.add_argument("--game-size", type=common.positive_int, default=16, help="candidates per game")
     p.add_argument("--vocab", type=common.positive_int, default=256, help="sender vocabulary")
     p.add_argument("--hidden", type=common.positive_int, default=512, help="sender hidden size")

@@ -320,7 +320,7 @@ def sparsemap_vjp(result, grad_weights):
     On the support S the KKT system ``[[0, 1ᵀ], [1, G]] [τ; ξ_S] = [1; A_Sᵀ t]``
     holds with S fixed, so ``∂ξ_S/∂t = Q A_Sᵀ`` with ``Q`` the lower-right
     block of ``[[0, 1ᵀ], [1, G]]⁻¹`` (``= G⁻¹ - G⁻¹11ᵀG⁻¹/(1ᵀG⁻¹1)`` when G is
-    invertible; design.md §3).  Hence the VJP
+    invertible; docs/derivations.md).  Hence the VJP
 
         ∂L/∂t = A_S Q g_S,
 
