@@ -68,6 +68,16 @@ def _refuse_kink(p0, piece_fn, x_plus, x_minus, where):
                 f"point away from the kink or a smaller eps")
 
 
+def _start(f, x, piece):
+    """Check that ``x`` and ``f(x)`` are float64; return ``xp``, the piece function,
+    ``y = f(x)`` and the piece of ``x``."""
+    _require_float64(x)
+    piece_fn = _piece_of(f, piece)
+    y = f(x)
+    _require_float64(y, "f(x)")
+    return xp_of(x), piece_fn, y, piece_fn(x)
+
+
 def check_vjp(f: ArrayFunction, vjp: Callable[[Array, Array], Array], x: Array, *,
               piece: Optional[ArrayFunction] = None, n_directions: int = 4, eps: float = 1e-6,
               rtol: float = 1e-6, atol: float = 1e-9, seed: int = 0) -> None:
@@ -90,12 +100,7 @@ def check_vjp(f: ArrayFunction, vjp: Callable[[Array, Array], Array], x: Array, 
     ``NondifferentiableError`` when a step crosses a kink, ``TypeError`` for
     non-float64 input.
     """
-    _require_float64(x)
-    xp = xp_of(x)
-    piece_fn = _piece_of(f, piece)
-    y = f(x)
-    _require_float64(y, "f(x)")
-    p0 = piece_fn(x)
+    xp, piece_fn, y, p0 = _start(f, x, piece)
     rng = np.random.default_rng(seed)
     for d in range(n_directions):
         v = xp.asarray(rng.standard_normal(x.shape))
@@ -124,12 +129,7 @@ def numerical_jacobian(f: ArrayFunction, x: Array, eps: float = 1e-6, *,
     Raises ``NondifferentiableError`` when a step crosses a kink (see
     :func:`check_vjp`).
     """
-    _require_float64(x)
-    xp = xp_of(x)
-    piece_fn = _piece_of(f, piece)
-    y = f(x)
-    _require_float64(y, "f(x)")
-    p0 = piece_fn(x)
+    xp, piece_fn, y, p0 = _start(f, x, piece)
     jac = xp.zeros(y.shape + x.shape, dtype=np.float64)
     flat = jac.reshape(y.shape + (x.size,))
     for i in range(x.size):
