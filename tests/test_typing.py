@@ -51,4 +51,9 @@ def test_non_finite_loss_raises_its_own_type():
     scores = nets.Tensor(np.array([[1.0, 0.9, -2.0]]), requires_grad=True)
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         est(scores, lambda idx, z: nets.Tensor(np.full(idx.shape[0], np.nan)))
+    with pytest.raises(NonFiniteLossError, match="scores contain NaN"):
+        est(nets.Tensor(np.array([[1.0, np.nan]])), lambda idx, z: nets.Tensor(np.zeros(idx.shape[0])))
     assert issubclass(NonFiniteLossError, ValueError)
+    with pytest.raises(ValueError) as err:                 # other bad input stays a plain ValueError
+        est(nets.Tensor(np.ones(3)), lambda idx, z: None)
+    assert not isinstance(err.value, NonFiniteLossError)

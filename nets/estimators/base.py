@@ -59,9 +59,11 @@ def _noise(rng, kind, shape, like):
 
 
 class NonFiniteLossError(ValueError):
-    """``loss_fn`` returned NaN or an infinite value (raised by :meth:`Estimator._evaluate`).
+    """The loss became NaN or infinite where an estimator evaluates it: ``loss_fn``
+    returned such values (:meth:`Estimator._evaluate`), or the scores it is
+    evaluated on contain them (a diverged encoder; :meth:`Estimator._check_scores`).
 
-    A ``ValueError`` subclass; callers that stop a run on it catch it by type."""
+    A ``ValueError`` subclass; a training loop stops a run on it by catching the type."""
 
 
 # ================================================================== base class
@@ -119,7 +121,7 @@ class Estimator:
         if scores.dtype.kind != "f":
             raise TypeError(f"{self._who}: scores must be floating, got dtype {scores.dtype}")
         if not bool(scores.xp.all(scores.xp.isfinite(scores.data))):
-            raise ValueError(f"{self._who}: scores contain NaN or infinite entries")
+            raise NonFiniteLossError(f"{self._who}: scores contain NaN or infinite entries")
 
     def _evaluate(self, loss_fn, idx, z, scores):
         """Call ``loss_fn(idx, z)`` ONCE and check it returned a finite Tensor (n,)
