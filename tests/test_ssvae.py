@@ -150,6 +150,7 @@ def warm_dir(tmp_path_factory, data_dir):
     return out
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 @pytest.mark.parametrize("method", ssvae.METHODS)
 def test_smoke_every_method_loss_decreases(method, tmp_path, data_dir, warm_dir):
     out = tmp_path / method
@@ -170,6 +171,7 @@ def test_smoke_every_method_loss_decreases(method, tmp_path, data_dir, warm_dir)
     assert test["best_epoch"] in (1, 2, 3) and "test_acc" in test
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 def test_warm_start_loads_the_labelled_model(warm_dir):
     rng = np.random.default_rng(0)
     model = ssvae.SSVAE(rng)
@@ -179,6 +181,7 @@ def test_warm_start_loads_the_labelled_model(warm_dir):
         np.testing.assert_array_equal(p.data, saved[name])
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 @pytest.mark.parametrize("method", ["sfe", "sparsemax"])
 def test_resume_equals_uninterrupted(method, tmp_path, data_dir):
     base = ["--method", method, "--data-dir", str(data_dir), *SMALL[:-2]]
