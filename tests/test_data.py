@@ -129,6 +129,27 @@ def test_arrays_are_read_only_and_cached(generated):
     assert a.copy().flags.writeable
 
 
+def test_generated_images_file_loads_with_its_shape_and_values(tmp_path, monkeypatch):
+    """A generated IDX image file (the official layout and count) parses to the pixels written."""
+    n = data.N_EXAMPLES["test"]
+    pixels = (np.arange(n)[:, None, None] + np.arange(28)[None, :, None] * 3
+              + np.arange(28)[None, None, :]) % 256
+    raw = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28)) \
+        + pixels.astype(np.uint8).tobytes()
+    filename = data.file_name("images", "test")
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename=filename[:-3], mode="wb", fileobj=buf, mtime=0) as f:
+        f.write(raw)
+    gz = buf.getvalue()
+    monkeypatch.setitem(data.FILES, (NAME, filename), data.FileInfo(
+        len(gz), hashlib.md5(gz).hexdigest(), hashlib.sha256(gz).hexdigest(),
+        len(raw), hashlib.sha256(raw).hexdigest()))
+    _place(tmp_path, gz, filename=filename)
+    images = data.load_images(NAME, "test", data_dir=tmp_path)
+    assert images.shape == (n, 28, 28) and images.dtype == np.uint8 and not images.flags.writeable
+    assert np.array_equal(images, pixels)
+
+
 def test_env_var_is_used_without_data_dir(generated, monkeypatch):
     monkeypatch.setenv("REFIMPL_DATA", str(generated))
     assert data.resolve_file(NAME, SMALL) == generated / NAME / SMALL
