@@ -3,9 +3,17 @@
 SparseMAP (paper §4.2) touches the structure only through such an oracle.
 Each oracle maps scores ``t : (..., D)`` to one best vertex per slice,
 ``z : (..., D)`` with 0/1 entries in ``t``'s dtype.
+
+The two built-in oracles also carry what is known in closed form about
+their polytopes (:mod:`refimpl._faces`): ``face_dim(vertices, support)``,
+the dimension of the minimal face containing a support's marginals, and
+``warm_start(t)``, vertices spanning the face of the projection of ``t``.
+A user oracle may define either; :func:`refimpl.sparsemap` uses them when
+present.
 """
 import numpy as np
 
+from ._faces import budget_face_dim, budget_warm_start, cube_face_dim, cube_warm_start
 from .backend import xp_of
 
 __all__ = ["bitvector_oracle", "budget_oracle"]
@@ -17,6 +25,10 @@ def bitvector_oracle(t):
     Ties (``t_i = 0``) switch the bit off.
     """
     return (t > 0).astype(t.dtype)
+
+
+bitvector_oracle.face_dim = cube_face_dim            # type: ignore[attr-defined]
+bitvector_oracle.warm_start = cube_warm_start        # type: ignore[attr-defined]
 
 
 def budget_oracle(B):
@@ -39,5 +51,7 @@ def budget_oracle(B):
         return ((t > 0) & (rank < B)).astype(t.dtype)
 
     oracle.budget = B
+    oracle.face_dim = budget_face_dim(B)
+    oracle.warm_start = budget_warm_start(B)
     oracle.__name__ = f"budget_oracle({B})"
     return oracle
