@@ -210,9 +210,11 @@ def test_resume_equals_uninterrupted(method, tmp_path, data_dir):
     (["--resume"], "no checkpoint"),
     (["--warm-start", "/nonexistent"], "--warm-start"),
 ])
-def test_bad_cli_values_exit_2_with_one_line(argv, needle, tmp_path):
+def test_bad_cli_values_exit_2_with_one_line(argv, needle, tmp_path, request):
+    # never download; the --warm-start check comes after the data is loaded, so it needs the data
+    data = ["--data-dir", str(request.getfixturevalue("data_dir"))] if "/nonexistent" in argv else []
     proc = subprocess.run([sys.executable, "-m", "experiments.ssvae", "--out", str(tmp_path / "o"),
-                           "--max-train", "300", "--max-eval", "10", *argv],
+                           "--max-train", "300", "--max-eval", "10", "--no-download", *data, *argv],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
