@@ -25,6 +25,7 @@ iteration.
 """
 import numpy as np
 
+from ._types import Array
 from .backend import xp_of
 
 SLOT_CHUNK = 8          # slots are added 8 at a time
@@ -47,6 +48,21 @@ class WorkingSet:
     active (n, P); count (n, D): how many active vertices differ from v at
     each coordinate; done (n,): converged (state final).
     """
+
+    ids: Array
+    v: Array
+    tp: Array
+    tabs: Array
+    X: Array
+    b: Array
+    K: Array
+    Kinv: Array
+    xi: Array
+    xi_old: Array
+    active: Array
+    count: Array
+    done: Array
+    max_slots: int
 
     @classmethod
     def start(cls, t, first, origin):

@@ -11,7 +11,7 @@ Derivation of the KKT system and of the backward pass: docs/derivations.md §4;
 the solver's state and its exact arithmetic: :mod:`refimpl._active_set`.
 """
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -20,11 +20,10 @@ from ._faces import first_vertices
 from ._checks import check_grad, check_scores
 from .backend import to_numpy, xp_of
 from .oracles import budget_oracle
+from ._types import Array, ArrayFunction as Oracle
 
 __all__ = ["SparseMAPResult", "sparsemap", "sparsemap_vjp"]
 
-Array = Any
-Oracle = Callable[[Array], Array]
 
 
 @dataclass(frozen=True)

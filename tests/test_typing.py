@@ -9,8 +9,7 @@ import refimpl
 from nets.estimators import NonFiniteLossError, make_estimator
 from refimpl import numerics
 
-# The lead types refimpl/sparsemap.py and refimpl/oracles.py in their rewrite.
-UNTYPED_FOR_NOW = {"sparsemap", "sparsemap_vjp", "SparseMAPResult", "bitvector_oracle", "budget_oracle"}
+UNTYPED_FOR_NOW: set = set()
 
 
 def _unannotated(fn):
