@@ -114,26 +114,55 @@ def systematic_vertices(mu, m):
     return chosen.astype(mu.dtype), xp.where(valid, after - theta, 0)
 
 
+def staircase_vertices(mu):
+    """Vertices of the staircase decomposition of ``μ`` (n, D) over the cube.
+
+    With the free coordinates sorted, ``μ_(1) >= ... >= μ_(f)``, vertex ``k``
+    (``k = 0..f``) switches on the coordinates at 1 and the ``k`` largest
+    free ones, with weight ``μ_(k) - μ_(k+1)`` (``μ_(0) = 1``,
+    ``μ_(f+1) = 0``).  The ``f + 1`` vertices are nested, hence affinely
+    independent, and span the face; their mixture is ``μ``.  Returns
+    vertices (n, D + 2, D) and weights (n, D + 2), 0 for ties (< ``TIE``).
+    """
+    xp = xp_of(mu)
+    n, D = mu.shape
+    free = (mu > 0) & (mu < 1)
+    order = xp.argsort(xp.where(free, -mu, 1), axis=1, kind="stable")    # free, descending
+    rank = xp.argsort(order, axis=1)                                      # (n, D)
+    top = xp.take_along_axis(xp.where(free, mu, 0), order, axis=1)
+    upper = xp.concatenate([xp.ones((n, 1)), top, xp.zeros((n, 1))], axis=1)     # (n, D + 2)
+    lower = xp.concatenate([top, xp.zeros((n, 2))], axis=1)
+    weights = upper - lower
+    valid = weights > TIE
+    k = xp.arange(D + 2)[None, :, None]
+    chosen = ((rank[:, None, :] < k) & free[:, None, :]) | (mu >= 1)[:, None, :]
+    return (chosen & valid[:, :, None]).astype(mu.dtype), xp.where(valid, weights, 0)
+
+
 def cube_warm_start(t):
-    """Spanning vertices for the cube: ``μ = clip(t, 0, 1)``, ``m = ⌈Σ_F μ⌉``.
+    """Spanning vertices for the cube: the staircase of ``μ = clip(t, 0, 1)``.
     Returns vertices (n, D + 2, D), weights (n, D + 2) and ``μ`` (n, D)."""
     xp = xp_of(t)
     mu = xp.clip(t, 0, 1)
-    s = xp.sum(xp.where((mu > 0) & (mu < 1), mu, 0), axis=1)
-    return (*systematic_vertices(mu, xp.ceil(s)), mu)
+    return (*staircase_vertices(mu), mu)
 
 
 def budget_warm_start(B):
-    """Spanning vertices for the budget polytope: ``m = B - |O|`` where the
-    budget binds, else ``⌈Σ_F μ⌉`` (<= B - |O|)."""
+    """Spanning vertices for the budget polytope.  Where the budget binds,
+    systematic sampling with ``m = B - |O|`` ones among the free coordinates;
+    else the staircase where even its fullest vertex fits (``|O| + |F| <= B``),
+    and otherwise systematic sampling with ``m = ⌈Σ_F μ⌉ <= B - |O|``."""
     def warm_start(t):
         xp = xp_of(t)
         mu = capped_projection(t, B)
         free = (mu > 0) & (mu < 1)
         s = xp.sum(xp.where(free, mu, 0), axis=1)
         room = B - xp.sum(mu >= 1, axis=1)
-        m = xp.where(s > room - 1e-9, room, xp.ceil(s))
-        return (*systematic_vertices(mu, m), mu)
+        binds = s > room - 1e-9
+        V, w = systematic_vertices(mu, xp.where(binds, room, xp.ceil(s)))
+        stair = ~binds & (xp.sum(free, axis=1) <= room)
+        Vs, ws = staircase_vertices(mu)
+        return (xp.where(stair[:, None, None], Vs, V), xp.where(stair[:, None], ws, w), mu)
     return warm_start
 
 
@@ -148,4 +177,5 @@ def first_vertices(vertices, weights):
 
 
 __all__ = ["cube_face_dim", "budget_face_dim", "capped_projection", "systematic_vertices",
+           "staircase_vertices",
            "cube_warm_start", "budget_warm_start", "first_vertices"]
