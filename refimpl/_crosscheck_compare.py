@@ -49,7 +49,7 @@ class CaseResult:
     """Outcome of one case.  Errors are max absolute errors (``inf`` when a
     value is not finite); ``*_ulps`` divide them by ``eps(dtype) * scale``.
 
-    spurious : entries off the exact answer's zero set (sparsemax-type: nonzero
+    spurious : finite entries off the exact answer's zero set (sparsemax-type: nonzero
         where the exact value is 0; SparseMAP: strictly inside (0, 1) where the
         exact marginal is 0 or 1); ``max_spurious`` the largest such deviation.
     missing : entries the exact answer has and the output lacks (sparsemax-type:
@@ -134,13 +134,14 @@ _SUPPORT_FATAL = {m: {"support"} for m in ("sparsemax", "topk_sparsemax", "topk_
 def support_detail(mapping, y, exact):
     """``(spurious, missing, max_spurious)`` of ``y`` against the exact output."""
     y, exact = np.asarray(y, dtype=np.float64), np.asarray(exact, dtype=np.float64)
+    finite = np.isfinite(y)                        # NaN / inf are counted as non-finite instead
     if mapping.startswith("sparsemap"):
         at_bound = (exact == 0) | (exact == 1)
-        spur = at_bound & (y > 0) & (y < 1)
-        miss = ~at_bound & ((y <= 0) | (y >= 1))
+        spur = finite & at_bound & (y > 0) & (y < 1)
+        miss = finite & ~at_bound & ((y <= 0) | (y >= 1))
     else:
-        spur = (exact == 0) & (y != 0)
-        miss = (exact > 0) & (y <= 0)
+        spur = finite & (exact == 0) & (y != 0)
+        miss = finite & (exact > 0) & (y <= 0)
     dev = np.abs(y - exact)[spur]
     return int(spur.sum()), int(miss.sum()), float(dev.max(initial=0.0))
 

@@ -68,14 +68,17 @@ def check_not_a_class(f, spec, what="--impl"):
     if not inspect.isclass(f):
         return
     name = spec if isinstance(spec, str) else f.__qualname__
-    mod, cls = f.__module__, f.__qualname__
+    mod, cls = (spec.rsplit(":", 1) if isinstance(spec, str) else (f.__module__, f.__qualname__))
     if any(b.__name__ == "Function" and b.__module__.startswith("torch.autograd")
            for b in inspect.getmro(f)):
         raise UsageError(f"{what} {name} is a torch.autograd.Function class: pass its apply, "
                          f"e.g. {what} {mod}:{cls}.apply")
-    raise UsageError(f"{what} {name} is a class, not a function: pass an instance or a function, "
-                     f"e.g. a file adapter.py with the line `import {mod}; f = {mod}.{cls}()` "
-                     f"(add its arguments, e.g. dim=-1) and {what} adapter.py:f")
+    if mod.endswith(".py"):
+        adapter = f"add the line `f = {cls}()` to {mod} (with its arguments, e.g. dim=-1) and pass {what} {mod}:f"
+    else:
+        adapter = (f"e.g. a file adapter.py with the line `import {mod}; f = {mod}.{cls}()` "
+                   f"(add its arguments, e.g. dim=-1) and {what} adapter.py:f")
+    raise UsageError(f"{what} {name} is a class, not a function: pass an instance or a function, {adapter}")
 
 
 def _keyword(f, names=("axis", "dim")):

@@ -138,6 +138,6 @@ def hints(report, x64):
         total = sum(int(r.face.split("/")[1]) for r in missed)
         out.append(f"the implementation's own active set does not span the marginals' minimal face "
                    f"on {rows}/{total} rows of {len(missed)} case(s): there a VJP that holds the "
-                   f"active set fixed is not the derivative of the marginals (docs/crosscheck.md "
-                   f"§SparseMAP)")
+                   f"active set fixed is not the derivative of the marginals (docs/crosscheck.md, "
+                   f"'SparseMAP: the active set and the face')")
     return out

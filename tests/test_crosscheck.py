@@ -1,7 +1,7 @@
 """The cross-checker (refimpl.crosscheck): it passes correct implementations and
 fails each deliberately broken one on the case that exposes it.
 
-The broken sparsemax variants below are the defects of design.md §5, written
+The broken sparsemax variants below are classic sparsemax defects, written
 the way they occur in practice (a textbook sort-and-cumsum forward with one
 thing wrong, or a VJP with one thing wrong)."""
 import json
@@ -11,7 +11,6 @@ import pytest
 
 from refimpl import crosscheck as cc
 from refimpl import golden
-
 
 # ------------------------------------------------------------ implementations
 

@@ -49,7 +49,7 @@ def _active_set(mu, t, B, frac):
     free set; swaps of one free 0 and one free 1 (edges e_a - e_b), a spanning
     tree of the swap graph, so the edges are linearly independent."""
     free = np.flatnonzero((mu > 0) & (mu < 1))
-    keep = free[: int(round(frac * len(free)))]
+    keep = free[: round(frac * len(free))]
     binding = B is not None and np.clip(t, 0, 1).sum() > B
     if not binding:
         z0 = (mu >= 0.5).astype(np.float64)
