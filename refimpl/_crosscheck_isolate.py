@@ -36,10 +36,11 @@ def _signal_name(rc):
         return f"signal {-rc}"
 
 
-def _crash_message(rc, stderr_text):
+def _crash_message(rc, stderr_text, started=True):
     last = next((ln.strip() for ln in reversed(stderr_text.splitlines()) if ln.strip()), "")
-    how = (f"crashed: killed by {_signal_name(rc)} (exit {128 - rc})" if rc < 0
-           else f"crashed: the process exited with status {rc} mid-case")
+    what = "crashed" if started else "the worker failed to start"
+    how = (f"{what}: killed by {_signal_name(rc)} (exit {128 - rc})" if rc < 0
+           else f"{what}: the process exited with status {rc}" + (" mid-case" if started else ""))
     return (how + (f"; last stderr line: {last}" if last else ""))[:300]
 
 
@@ -79,7 +80,7 @@ def run_isolated(config, names, case_timeout, emit):
                     err.seek(0)
                     text = err.read()
                     if not ready:                      # died before its first case
-                        msg = _crash_message(rc, text).replace("crashed", "the worker failed to start", 1)
+                        msg = _crash_message(rc, text, started=False)
                         for name in todo:
                             emit(CaseResult(name, ok=False, reasons=["crash"], error=msg))
                         todo = []

@@ -140,7 +140,12 @@ def test_hint_class_given_where_a_function_is_expected(capsys):
         cc.main(["--mapping", "sparsemax", "--impl", f"{__file__}:SparsemaxModule"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and len(err.strip().splitlines()) == 1
-    assert "is a class, not a function: pass an instance or a function" in err and "adapter.py:f" in err
+    assert "is a class, not a function: pass an instance or a function" in err
+    assert "add the line `f = SparsemaxModule()`" in err
+    with pytest.raises(SystemExit):
+        cc.main(["--mapping", "sparsemax", "--impl", "refimpl.golden:Case"])      # a module's class
+    err = capsys.readouterr().err
+    assert "`import refimpl.golden; f = refimpl.golden.Case()`" in err and "--impl adapter.py:f" in err
     assert cc.run("sparsemax", f"{__file__}:sparsemax_instance").ok
 
 
