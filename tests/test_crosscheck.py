@@ -293,3 +293,16 @@ def test_jax_adapter():
     few = ["*/ties-threshold", "*/neginf", "*/random-K5", "*/axis0", "*/huge-1e30"]
     report = cc.run("sparsemax", jax_sparsemax, framework="jax", cases=few)
     assert report.ok and len(report.results) == 10, report.table()
+
+
+def test_jax_x64_hint_on_optax():
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    from pathlib import Path
+    adapter = Path(__file__).resolve().parents[1] / "docs" / "examples" / "optax_adapter.py"
+    report = cc.run("sparsemax", f"{adapter}:projection_simplex_lastaxis", framework="jax",
+                    cases=["sparsemax/*/K2"])
+    if report.ok:                                  # a release whose custom JVP keeps float32
+        pytest.skip("this optax keeps float32 tangents under x64")
+    assert report.failed == ["sparsemax/f32/K2"], report.table()
+    assert any("with jax_enable_x64 on" in h and "--cases '*/f32/*'" in h for h in report.hints)
