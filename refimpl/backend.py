@@ -5,6 +5,9 @@ given (:func:`xp_of`), so a single code path serves NumPy on the CPU and CuPy
 on a GPU.  CuPy is imported lazily, here only, and only when asked for: a
 machine without CUDA installs, imports and tests the project without it.
 """
+from types import ModuleType
+from typing import Any
+
 import numpy as np
 
 __all__ = ["get_xp", "xp_of", "to_numpy", "cupy_available"]
@@ -37,7 +40,7 @@ def _import_cupy():
     return cupy
 
 
-def get_xp(name):
+def get_xp(name: str) -> ModuleType:
     """Return the array namespace called ``name`` ("numpy" or "cupy").
 
     Raises ``RuntimeError`` for "cupy" when CuPy is not installed or no GPU is
@@ -51,7 +54,7 @@ def get_xp(name):
     raise ValueError(f"backend must be 'numpy' or 'cupy', got {name!r}")
 
 
-def cupy_available():
+def cupy_available() -> bool:
     """True when CuPy imports and sees at least one GPU (never raises)."""
     try:
         _import_cupy()
@@ -64,7 +67,7 @@ def _is_cupy_array(a):
     return type(a).__module__.split(".")[0] == "cupy"
 
 
-def xp_of(*arrays):
+def xp_of(*arrays: Any) -> ModuleType:
     """The array namespace of ``arrays`` (numpy unless one is a CuPy array).
 
     Non-array arguments (Python scalars, None) are ignored.  Mixing NumPy and
@@ -78,7 +81,7 @@ def xp_of(*arrays):
     return np
 
 
-def to_numpy(a):
+def to_numpy(a: Any) -> np.ndarray:
     """A NumPy copy (or view) of ``a``, wherever it lives."""
     if _is_cupy_array(a):
         return a.get()

@@ -9,6 +9,7 @@ Derivation of the forward map and of its Jacobian: docs/derivations.md §1.
 """
 import numpy as np
 
+from ._types import Array
 from ._checks import check_array, check_axis, check_grad, check_row_maxima
 from .backend import xp_of
 
@@ -82,7 +83,7 @@ def _max_and_threshold(s, scores):
     return top, _threshold_sorted(s_desc - top)
 
 
-def sparsemax(scores, axis=-1):
+def sparsemax(scores: Array, axis: int = -1) -> Array:
     """Sparse probability distribution: the Euclidean projection onto the simplex.
 
     Solves ``argmin_{p ∈ Δ^K} ||p - scores||²`` along ``axis`` (paper §3, Eq. 3).
@@ -112,7 +113,7 @@ def sparsemax(scores, axis=-1):
     return probs if axis == scores.ndim - 1 else xp.moveaxis(probs, -1, axis)
 
 
-def sparsemax_vjp(probs, grad, axis=-1):
+def sparsemax_vjp(probs: Array, grad: Array, axis: int = -1) -> Array:
     """Vector-Jacobian product of sparsemax, from its output.
 
     ``J = diag(u) - u uᵀ / |S|`` with ``u = 1[probs > 0]`` the support
@@ -151,7 +152,7 @@ def _support_size(u):
     return size
 
 
-def sparsemax_jacobian(probs, axis=-1):
+def sparsemax_jacobian(probs: Array, axis: int = -1) -> Array:
     """Dense Jacobian ``J = diag(u) - u uᵀ / |S|`` of sparsemax, for audits.
 
     probs : (..., K) along ``axis``; returns ``(..., K, K)`` with the two
