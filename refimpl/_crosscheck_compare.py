@@ -8,6 +8,7 @@ case's exact budget unless the user overrides the forward or VJP atol/rtol.
 """
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import List, Optional
 
 import numpy as np
 
@@ -19,10 +20,10 @@ class Tolerances:
     """How close is close enough.  ``None`` atol: the case's budget
     (``tolerance.*.atol`` in the golden index) times ``scale``.  An element
     passes when ``|got - exact| <= atol + rtol * |exact|``."""
-    fwd_atol: float = None
-    fwd_rtol: float = None
-    vjp_atol: float = None
-    vjp_rtol: float = None
+    fwd_atol: Optional[float] = None
+    fwd_rtol: Optional[float] = None
+    vjp_atol: Optional[float] = None
+    vjp_rtol: Optional[float] = None
     scale: float = 1.0
 
     def __post_init__(self):
@@ -61,24 +62,24 @@ class CaseResult:
     ok: bool
     fwd_err: float = float("nan")
     fwd_ulps: float = float("nan")
-    vjp_err: float = None
-    vjp_ulps: float = None
-    fwd_atol: float = None
+    vjp_err: Optional[float] = None
+    vjp_ulps: Optional[float] = None
+    fwd_atol: Optional[float] = None
     fwd_rtol: float = 0.0
-    vjp_atol: float = None
+    vjp_atol: Optional[float] = None
     vjp_rtol: float = 0.0
     support_mismatches: int = 0
     spurious: int = 0
     missing: int = 0
     max_spurious: float = 0.0
     nonfinite: int = 0
-    dtype: str = None
-    returned_dtype: str = None
-    face: str = None
-    reasons: list = field(default_factory=list)     # why it failed
-    notes: list = field(default_factory=list)       # reported, not failed
-    error: str = None
-    error_hint: str = None                          # framework suggested by the exception
+    dtype: Optional[str] = None
+    returned_dtype: Optional[str] = None
+    face: Optional[str] = None
+    reasons: List[str] = field(default_factory=list)    # why it failed
+    notes: List[str] = field(default_factory=list)      # reported, not failed
+    error: Optional[str] = None
+    error_hint: Optional[str] = None                    # framework suggested by the exception
 
     def to_dict(self):
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)

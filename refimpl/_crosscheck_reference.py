@@ -79,7 +79,7 @@ def _spans_face(t, B=None):
     return np.asarray(spans)
 
 
-sparsemap_marginals.spans_face = _spans_face
+sparsemap_marginals.spans_face = _spans_face  # type: ignore[attr-defined]
 
 REFERENCE = {
     "sparsemax": ("refimpl:sparsemax", "refimpl:sparsemax_vjp"),
