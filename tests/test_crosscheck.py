@@ -104,19 +104,7 @@ def test_refimpl_passes(mapping):
         assert any("does not span" in h for h in report.hints), report.table()
 
 
-# Known and not explained by the face: refimpl.sparsemap_vjp at D = 128 (bits, float64)
-# is about 1.4e3 ulps (1.1e-12) off the exact Jacobian on rows where refimpl's active set
-# spans the face, above the 4D = 512 ulps budget; a QR projection onto the active set's
-# affine hull meets that budget (tests/test_crosscheck_sparsemap.py).  Reproducer:
-#   python -m refimpl.crosscheck --mapping sparsemap_bits --impl refimpl --cases '*/f64/D128-*'
-_REFIMPL_KNOWN_FAILURES = {"sparsemap_bits/f64/D128-bitvae"}
-
-
-@pytest.mark.xfail(strict=False, reason="refimpl.sparsemap_vjp: 1.4e3 ulps at D = 128 with the face "
-                                        "spanned (remove this marker and the set above once fixed)")
-def test_refimpl_sparsemap_known_failures():
-    report = cc.run("sparsemap_bits", "refimpl", cases=sorted(_REFIMPL_KNOWN_FAILURES))
-    assert report.ok, report.table()
+_REFIMPL_KNOWN_FAILURES: set = set()
 
 
 def test_refimpl_sparsemap_huge_magnitudes():
