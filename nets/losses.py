@@ -131,6 +131,12 @@ def bernoulli_log_likelihood(logits, x):
                          f"logits' shape {logits.shape}")
     if bool(xp.any((x < 0) | (x > 1))):
         raise ValueError("bernoulli_log_likelihood: x must lie in [0, 1]")
+    return _bernoulli_log_likelihood(logits, x)
+
+
+def _bernoulli_log_likelihood(logits, x):
+    """:func:`bernoulli_log_likelihood` for x known to lie in [0, 1] (0/1 samples
+    drawn by an estimator, shape and dtype of ``logits``): no host sync."""
     l = logits.data
 
     def vjp(g):

@@ -126,6 +126,9 @@ class Estimator:
                              f"with B, {axis} >= 1, got shape {scores.shape}")
         if scores.dtype.kind != "f":
             raise TypeError(f"{self._who}: scores must be floating, got dtype {scores.dtype}")
+        # NaN/inf scores are checked with the loss values in _evaluate: one host sync.
+
+    def _raise_if_scores_bad(self, scores):
         if not bool(scores.xp.all(scores.xp.isfinite(scores.data))):
             raise ValueError(f"{self._who}: scores contain NaN or infinite entries")
 
@@ -151,7 +154,10 @@ class Estimator:
             out = Tensor(out.data.astype(scores.dtype))
         xp = scores.xp
         bad = ~xp.isfinite(out.data)
-        if bool(xp.any(bad)):
+        # One host sync per call for both checks: the scores (deferred from
+        # __call__; NaN scores are harmless until here) and the loss values.
+        if bool(xp.any(bad) | ~xp.all(xp.isfinite(scores.data))):
+            self._raise_if_scores_bad(scores)
             where = xp.nonzero(bad)[0]
             first = int(where[0])
             raise ValueError(f"{self._who}: loss_fn returned non-finite values at "
