@@ -98,7 +98,7 @@ def cross_entropy(logits, targets, axis=-1):
         raise ValueError(f"cross_entropy: targets must be an integer array of shape {expected} "
                          f"(logits without axis {axis}), got dtype {targets.dtype} and shape "
                          f"{tuple(targets.shape)}")
-    if targets.size and (int(targets.min()) < 0 or int(targets.max()) >= K):
+    if targets.size and bool(xp.any((targets < 0) | (targets >= K))):     # one host sync
         raise ValueError(f"cross_entropy: targets must lie in [0, {K}), got values in "
                          f"[{int(targets.min())}, {int(targets.max())}]")
     x = logits.data

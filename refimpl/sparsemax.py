@@ -19,7 +19,7 @@ __all__ = ["sparsemax", "sparsemax_vjp", "sparsemax_jacobian"]
 # paths") measured it faster under 1 and 2 BLAS threads, long rows search the
 # threshold among the candidates z_i >= max(z) - 1 (an O(K) partition first).
 # tests/test_sparsemax.py checks each path equal to the textbook one.
-_PARTITION_MIN_K = 1024
+_PARTITION_MIN_K = 256
 PATHS = ("textbook", "partition")
 
 
