@@ -12,6 +12,16 @@ import numpy as np
 __all__ = ["get_xp", "xp_of", "to_numpy", "cupy_available"]
 
 
+MIN_CUPY_MAJOR = 14
+
+
+def _major(version):
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return MIN_CUPY_MAJOR                   # unparsable (a development build): let it try
+
+
 def _import_cupy():
     """Import CuPy and check that a GPU is visible; explain what is missing."""
     try:
@@ -21,8 +31,16 @@ def _import_cupy():
             "backend 'cupy' needs the CuPy package, which is not installed: "
             "install the extra that matches your CUDA toolkit, e.g. "
             "`pip install -e \".[cuda12]\"` (CUDA 12) or `pip install -e \".[cuda13]\"` (CUDA 13), "
+            "CuPy >= 14; on a machine with CuPy preinstalled see the README's GPU section, "
             "or use backend 'numpy'"
         ) from exc
+    version = getattr(cupy, "__version__", None)
+    if version is not None and _major(version) < MIN_CUPY_MAJOR:
+        raise RuntimeError(
+            f"backend 'cupy' needs CuPy >= {MIN_CUPY_MAJOR} (cupy.put_along_axis), found "
+            f"{version}; upgrade it (`pip install -U cupy-cuda12x` or cupy-cuda13x, which need "
+            "NumPy >= 2), or use backend 'numpy'"
+        )
     try:
         n_gpus = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDA driver missing or broken
