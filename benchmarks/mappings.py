@@ -5,8 +5,9 @@
 Tables: sparsemax paths (the default textbook path against each candidate
 fast path; docs/benchmarks.md says which is kept, on which backend), sparsemax (ours vs a textbook sort-based NumPy sparsemax, and vs
 ``entmax.sparsemax`` on PyTorch when installed), structured top-k (k-best
-bit-vectors + sparsemax), and SparseMAP (batched vs a per-example loop of
-the same algorithm).
+bit-vectors + sparsemax), and SparseMAP: the default solver, the plain active set
+from one vertex, and the authors' per-example solver when it is built
+(benchmarks/authors_sparsemap.py).
 """
 import argparse
 import sys
@@ -14,7 +15,7 @@ import sys
 import numpy as np
 
 from refimpl import (bitvector_oracle, budget_oracle, kbest_bitvectors, sparsemap,
-                     sparsemap_vjp, sparsemax, sparsemax_vjp)
+                     sparsemap_vjp, sparsemax, sparsemax_vjp, to_numpy)
 
 from ._timing import backend_or_exit, best_time, machine_line, print_table
 
@@ -119,49 +120,93 @@ def bench_topk(xp, Ds, batch, k):
                 ["D", "k", "ours", "target"], rows)
 
 
-def bench_sparsemap(xp, Ds, batch):
-    rng = np.random.default_rng(2)
-    rows = []
-    for D in Ds:
-        t = xp.asarray(rng.standard_normal((batch, D)))
-        for name, oracle in (("bits", bitvector_oracle), (f"budget B={D // 2}", budget_oracle(D // 2))):
-            def batched():
-                res = sparsemap(t, oracle)
-                return sparsemap_vjp(res, xp.ones_like(res.weights))
+def _exact_marginal_vjp(T, g, budget):
+    """The exact Jacobian of the projection applied to g (mask; less the mean
+    over the free set where the budget binds): what a spanning support gives."""
+    mu = np.clip(T, 0, 1) if budget is None else None
+    if budget is not None:
+        from refimpl._faces import capped_projection
+        mu = capped_projection(T, budget)
+    free = (mu > 0) & (mu < 1)
+    out = np.where(free, g, 0.0)
+    if budget is not None:
+        binds = (np.clip(T, 0, 1).sum(1) > budget) & free.any(1)
+        mean = (out.sum(1) / np.maximum(free.sum(1), 1))[:, None]
+        out = np.where(binds[:, None] & free, out - mean, out)
+    return out
 
-            def looped():
-                for b in range(batch):
-                    res = sparsemap(t[b:b + 1], oracle)
-                    sparsemap_vjp(res, xp.ones_like(res.weights))
-            res = sparsemap(t, oracle)
-            sec_b = best_time(batched, repeat=3, xp=xp)
-            sec_l = best_time(looped, repeat=1, min_time=0, xp=xp)
-            support = float(xp.mean(xp.sum(res.weights > 0, axis=-1)))
-            rows.append([D, name, f"{support:.1f}", res.n_iter, f"{sec_b * 1e3:.2f}",
-                         f"{sec_l * 1e3:.1f}", f"{sec_l / sec_b:.1f}x",
-                         "<= 10 ms" if D == 128 else ""])
-    print_table(f"SparseMAP forward+backward, batch {batch}, t ~ N(0, 1), float64 (ms per batch)",
-                ["D", "polytope", "mean support", "iterations", "batched", "per-example loop",
-                 "speed-up", "target"], rows)
+
+def _ours(xp, t, g, oracle, cold):
+    def run():
+        res = sparsemap(t, oracle, init=oracle(t) if cold else None)
+        gw = xp.einsum("nsd,nd->ns", res.vertices, g)            # cotangent of <g, μ>
+        return res, sparsemap_vjp(res, gw)
+    return run
+
+
+def bench_sparsemap(xp, Ds, batch):
+    """Forward + backward of <g, μ> through the weights, float64, per batch."""
+    from . import authors_sparsemap as authors
+    rows = []
+    for scores in ("onehot", "normal"):
+        for D in Ds:
+            rng = np.random.default_rng(2)
+            x = rng.standard_normal((batch, D))
+            T = (x + 1) / 2 if scores == "onehot" else x
+            G = rng.standard_normal((batch, D))
+            t, g = xp.asarray(T), xp.asarray(G)
+            for name, oracle, budget in (("bits", bitvector_oracle, None),
+                                         ("budget", budget_oracle(D // 2), D // 2)):
+                exact = _exact_marginal_vjp(T, G, budget)
+                cells = [scores, D, name]
+                times = {}
+                for label, cold in (("ours", False), ("cold", True)):
+                    run = _ours(xp, t, g, oracle, cold)
+                    res, grad = run()
+                    times[label] = best_time(run, repeat=3, xp=xp)
+                    support = to_numpy(res.weights > 0).sum(1)
+                    ok = np.abs(to_numpy(grad) - exact).max(1) <= 1e-9
+                    cells += [res.n_iter, f"{support.mean():.1f}", f"{ok.mean():.0%}",
+                              f"{times[label] * 1e3:.2f}"]
+                if authors.available():
+                    init = rng.random((batch, 2 * D))
+                    run = lambda: authors.forward_backward(T, name, G, init)  # noqa: E731
+                    _, agrad, asupport = run()
+                    times["authors"] = best_time(run, repeat=1, min_time=0, xp=np)
+                    aok = np.abs(agrad - exact).max(1) <= 1e-9
+                    cells += [f"{asupport.mean():.1f}", f"{aok.mean():.0%}",
+                              f"{times['authors'] * 1e3:.1f}",
+                              f"{times['authors'] / times['ours']:.1f}x"]
+                else:
+                    cells += ["n/a"] * 4
+                rows.append(cells)
+    print_table(f"SparseMAP forward+backward of <g, mu>, batch {batch}, float64 solves "
+                f"(ms per batch; 'exact' = rows whose gradient is the exact Jacobian to 1e-9; "
+                f"onehot = (x+1)/2, x ~ N(0,1); cold = init=oracle(t), the plain active set)",
+                ["scores", "D", "polytope", "iter", "support", "exact", "ours ms",
+                 "cold iter", "cold support", "cold exact", "cold ms",
+                 "authors support", "authors exact", "authors ms", "authors/ours"], rows)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.mappings", description=__doc__.split("\n")[0])
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     p.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
-    p.add_argument("--paths-only", action="store_true",
-                   help="only the sparsemax paths table (run under OPENBLAS_NUM_THREADS=1 and 2)")
+    p.add_argument("--only", choices=["paths", "sparsemax", "topk", "sparsemap"],
+                   help="run one table (default: all)")
     args = p.parse_args(argv)
     xp = backend_or_exit(p, args.backend)
     print(f"# benchmarks.mappings, backend {args.backend}: {machine_line()}")
     Ks = [10, 256] if args.quick else [10, 256, 4096, 65536]
-    bench_sparsemax_paths(xp, [10, 64, 256, 1024, 4096, 16384] if not args.quick else [10, 4096],
-                          batch=256)
-    if args.paths_only:
-        return 0
-    bench_sparsemax(xp, Ks, batch=64 if args.quick else 1024)
-    bench_topk(xp, [32, 128], batch=64, k=10)
-    bench_sparsemap(xp, [32] if args.quick else [32, 128], batch=64)
+    if args.only in (None, "paths"):          # run under OPENBLAS_NUM_THREADS=1 and 2
+        bench_sparsemax_paths(xp, [10, 4096] if args.quick else [10, 64, 256, 1024, 4096, 16384],
+                              batch=256)
+    if args.only in (None, "sparsemax"):
+        bench_sparsemax(xp, Ks, batch=64 if args.quick else 1024)
+    if args.only in (None, "topk"):
+        bench_topk(xp, [32, 128], batch=64, k=10)
+    if args.only in (None, "sparsemap"):
+        bench_sparsemap(xp, [32] if args.quick else [32, 128], batch=64)
     return 0
 
 

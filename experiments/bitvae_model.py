@@ -6,7 +6,7 @@
 * :class:`BitVAE` -- encoder ``Linear(784->128) ReLU Linear(128->D)`` (scores t),
   decoder ``Linear(D->128) ReLU Linear(128->784*5)``, reshape (784, 5), shared
   head ``Linear(5->256)``: each pixel a categorical over its raw byte
-  (design.md §4 "Bit-vector VAE").
+  (docs/authors.md, "Bit-vector VAE").
 * :func:`importance_nll` / :func:`authors_nll` -- log p(x) estimates for the
   test set (see their docstrings and docs/results.md).
 
@@ -19,6 +19,8 @@ import numpy as np
 from nets import MLP, Linear, Module, Tensor, no_grad, ops
 from nets.autodiff import as_tensor, is_grad_enabled, make_output
 from refimpl.backend import to_numpy, xp_of
+from refimpl.numerics import bernoulli_entropy, bit_codes, logsumexp
+from refimpl.numerics import log_sigmoid as _log_sigmoid
 
 __all__ = ["pixel_categorical_nll", "pixel_categorical_nll_reference", "BitVAE", "bit_codes",
            "draw_bernoulli", "log_bernoulli", "bernoulli_entropy", "importance_nll", "authors_nll",
@@ -87,7 +89,7 @@ def _scatter_add_rows(index, values, L, use_bincount=None):
 def pixel_categorical_nll(h, weight, bias, targets, *, chunk_rows=None, shift=None):
     """Σ_p -log softmax(h[n, p] @ weight + bias)[targets[n, p]]: per-row NLL, fused.
 
-    The decoder's head (design.md §4): every pixel p of every row n has a
+    The decoder's head (docs/authors.md, Bit-vector VAE): every pixel p of every row n has a
     C-vector ``h[n, p]`` (C = 5) mapped by ONE shared ``Linear(C -> L)``
     (L = 256) to the logits of a categorical over the pixel's byte value.
 
@@ -235,43 +237,10 @@ class BitVAE(Module):
 
 
 # =========================================================================== densities
-def logsumexp(a, axis):
-    """Stable log Σ exp over ``axis`` of an xp array (-inf entries allowed)."""
-    xp = xp_of(a)
-    m = a.max(axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0)
-    return (xp.log(xp.exp(a - m).sum(axis=axis, keepdims=True)) + m).squeeze(axis)
-
-
-def bit_codes(z):
-    """0/1 bit-vectors (..., D) -> exact integer codes (..., ceil(D/32)) int64, for equality tests."""
-    xp = xp_of(z)
-    D = z.shape[-1]
-    pad = (-D) % 32
-    zb = z.astype(np.int64)
-    if pad:
-        zb = xp.concatenate([zb, xp.zeros(z.shape[:-1] + (pad,), dtype=np.int64)], axis=-1)
-    zb = zb.reshape(z.shape[:-1] + (-1, 32))
-    return (zb << xp.arange(32, dtype=np.int64)).sum(axis=-1)
-
-
-def _log_sigmoid(t):
-    """log σ(t) = -softplus(-t), exact for any |t| (no rounding of σ to 0 or 1)."""
-    xp = xp_of(t)
-    return -(xp.maximum(-t, 0) + xp.log1p(xp.exp(-xp.abs(t))))
-
-
 def log_bernoulli(z, t):
     """log Π_i Bernoulli(z_i; σ(t_i)): z (..., D) 0/1, t broadcastable -> (...), float64."""
     t = t.astype(np.float64)
     return (z * _log_sigmoid(t) + (1 - z) * _log_sigmoid(-t)).sum(axis=-1)
-
-
-def bernoulli_entropy(t):
-    """Σ_i H(Bernoulli(σ(t_i))) = Σ_i softplus(t_i) - σ(t_i) t_i per row: (B, D) -> (B,)."""
-    xp = xp_of(t)
-    softplus = -_log_sigmoid(-t)
-    return (softplus - xp.exp(_log_sigmoid(t)) * t).sum(axis=-1)
 
 
 # =========================================================================== NLL
@@ -340,7 +309,7 @@ def importance_nll(decode, targets, t, n_samples, rng, probs=None, support=None)
 
 
 def authors_nll(decode, targets, support_nll, n_samples, rng, bits):
-    """The authors' estimate for sparse methods (design.md §4), exactly as stated:
+    """The authors' estimate for sparse methods (docs/authors.md, Bit-vector VAE), exactly as stated:
 
         log p̂(x) = log[ 2^-D Σ_{z ∈ supp} p(x|z) + (1/S) Σ_s p(x|z_s) ],  z_s ~ uniform.
 

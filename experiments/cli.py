@@ -47,14 +47,12 @@ def cli_error(parser_or_prog, message):
 
 
 def positive_int(text):
-    """argparse type: an integer >= 1."""
+    """argparse type: an integer >= 1 (the check is ``refimpl.numerics.check_positive_int``)."""
+    from refimpl.numerics import check_positive_int  # noqa: PLC0415  (keeps this module light to import)
     try:
-        value = int(text)
+        return check_positive_int(int(text), "value")
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
 
 
 def nonnegative_int(text):

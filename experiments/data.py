@@ -10,8 +10,8 @@ Each dataset is four gzip-compressed IDX files, looked for as
 5. only with ``download=True``: the official mirrors, saved into the user cache.
 
 The first location that *has* the file is used.  Every file is checked
-against the official size and SHA-256 (table :data:`FILES`, copied from
-``shared/data/SOURCES.md``) before it is parsed; a file that fails is an error
+against the official size and SHA-256 (table :data:`FILES`; sources and
+checksums in docs/data.md) before it is parsed; a file that fails is an error
 that names it -- the search never falls through to a later copy, so a bad file
 can't be skipped without anyone noticing.  The one exception is a corrupt file in the user cache
 when ``download=True``: it is downloaded again and replaced.  A gzip file whose
@@ -159,7 +159,7 @@ def _search_roots(data_dir):
         root = Path(data_dir).expanduser()
         if not root.is_dir():
             raise DataError(f"data_dir (--data-dir) {str(root)!r} is not a directory: pass the folder "
-                            f"that holds {'/, '.join(DATASETS)}/ (see shared/data/SOURCES.md)")
+                            f"that holds {'/, '.join(DATASETS)}/ (see docs/data.md)")
         roots.insert(0, ("--data-dir", root))
     return roots
 
@@ -221,7 +221,7 @@ def _fix_hint(name):
     return ("To fix: put the official files under DIR/" + name + "/ and pass --data-dir DIR "
             f"(or set {ENV_VAR}=DIR), or allow download (the experiments download by default; "
             f"downloads go to {cache_root() / name}). Expected sizes and checksums: "
-            "shared/data/SOURCES.md or experiments.data.FILES.")
+            "docs/data.md or experiments.data.FILES.")
 
 
 def _missing_message(name, filename, looked, download):

@@ -8,7 +8,7 @@ receiver sees 16 candidate images (distinct concepts) and the message, and must 
 target.  In the paper's notation x = (candidates, target), pi(z|x) = sender(z | v_target)
 and ``l(x, z) = -log p_receiver(target | candidates, z)``.
 
-Architecture (after Lazaridou et al. / EGG, sizes of design.md §4)
+Architecture (after Lazaridou et al. / EGG, sizes of docs/authors.md)
 -----------------------------------------------------------------
 * sender: ``Linear(F -> hidden=512)``, ``--activation`` (tanh, default; or relu),
   ``Linear(hidden -> vocab=256)``; logits divided by ``--sender-temperature`` 10.
@@ -23,7 +23,7 @@ Architecture (after Lazaridou et al. / EGG, sizes of design.md §4)
   game.  The loss_fn evaluates all pairs of a step in one batched product
   (:func:`pair_scores`), never looping over games or messages.
 
-Methods and losses (lr / entropy coefficient from design.md §4; Adam, no weight decay)
+Methods and losses (lr / entropy coefficient from docs/authors.md; Adam, no weight decay)
 --------------------------------------------------------------------------------------
 * ``dense`` (softmax, all 256 messages) and ``sparsemax``: exact marginalisation of the NLL.
 * ``sfe-nll``: SFE (running-mean baseline) with reward = NLL; the receiver is trained by
@@ -68,6 +68,7 @@ from experiments import signal_data as sd
 from experiments.signal_game_model import Game, embed_rows, pair_scores, straight_value
 from nets import Adam, Tensor, no_grad, ops
 from refimpl.backend import to_numpy
+from refimpl.numerics import one_hot
 
 __all__ = ["METHODS", "PAPER_SETTINGS", "Game", "pair_scores", "embed_rows", "straight_value", "game_loss_fn",
            "make_estimator_for", "step_objective", "evaluate", "train", "build_parser", "main"]
@@ -144,7 +145,7 @@ def evaluate(game, method, x, images, target, chunk=512):
             if method in MARGINALISED:
                 p = _sparsemax(logits, axis=-1) if method == "sparsemax" else ops.softmax(Tensor(logits)).data
             else:
-                p = (xp.arange(logits.shape[1])[None, :] == logits.argmax(1)[:, None]).astype(dtype)
+                p = one_hot(logits.argmax(1), logits.shape[1], xp, dtype)
             idx, m = xp.nonzero(p > 0)
             game.receiver_rows += int(idx.shape[0])
             scores = pair_scores(embed_rows(game.messages, m), cands, idx)
@@ -304,9 +305,9 @@ def build_parser():
                    help="steps between validations / checkpoints (the authors' epoch)")
     p.add_argument("--batch-size", type=common.positive_int, default=64, help="games per step")
     p.add_argument("--lr", type=common.positive_float, default=None,
-                   help="Adam learning rate (default: the method's, design.md §4)")
+                   help="Adam learning rate (default: the method's, docs/authors.md)")
     p.add_argument("--entropy-coeff", type=float, default=None,
-                   help="sender entropy bonus (default: the method's, design.md §4)")
+                   help="sender entropy bonus (default: the method's, docs/authors.md)")
     p.add_argument("--game-size", type=common.positive_int, default=16, help="candidates per game")
     p.add_argument("--vocab", type=common.positive_int, default=256, help="sender vocabulary")
     p.add_argument("--hidden", type=common.positive_int, default=512, help="sender hidden size")

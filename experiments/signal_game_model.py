@@ -6,6 +6,7 @@ import numpy as np
 from nets import Embedding, Linear, Module, Tensor, ops
 from nets.autodiff import make_output
 from refimpl.backend import xp_of
+from refimpl.numerics import one_hot
 
 # =========================================================================== ops
 
@@ -64,7 +65,7 @@ def embed_rows(table, cols):
 
     def vjp(g):
         """d table = onehot(cols)^T g."""
-        hot = (xp.arange(table.shape[0])[:, None] == cols[None, :]).astype(g.dtype)   # (V, n)
+        hot = one_hot(cols, table.shape[0], xp, g.dtype).T                          # (V, n)
         return (xp.matmul(hot, g),)
 
     return make_output(table.data[cols], (table,), vjp, "embed_rows")

@@ -1,11 +1,11 @@
 """Semisupervised VAE (Kingma et al.'s M2) on MNIST with 10% labels: paper §5.1, App. B.
 
-    python -m experiments.ssvae --method sparsemax --data-dir ../shared/data --out runs/ssvae-sparsemax
+    python -m experiments.ssvae --method sparsemax --out runs/ssvae-sparsemax
     python -m experiments.ssvae --labeled-only --method dense --out runs/ssvae-warm     # warm start
     python -m experiments.ssvae --method dense --warm-start runs/ssvae-warm --out runs/ssvae-dense
 
-Model (the authors' code, design.md §4)
----------------------------------------
+Model (the authors' code, docs/authors.md)
+------------------------------------------
 * classifier q(y|x): 784 -> 256 -> 256 -> 256 -> 10 (ReLU); its scores go through the
   method's estimator (categorical latent, K = 10).
 * inference net q(h|x, y): [x, onehot(y)] -> 128 -> 128 -> (mu, log sigma), h in R^8.

@@ -1,5 +1,4 @@
-"""The semisupervised VAE's model pieces (paper §5.1): the sparsemax loss with
-its gradient, the M2 model, and the labelled/unlabelled MNIST split with
+"""The semisupervised VAE's model pieces (paper §5.1): the M2 model, and the labelled/unlabelled MNIST split with
 dynamic binarisation.  The training loop and CLI are in
 :mod:`experiments.ssvae`."""
 import math
@@ -8,41 +7,12 @@ import numpy as np
 
 from experiments import common
 from nets import MLP, Linear, Module, Tensor, ops
-from nets.autodiff import make_output
+from nets.losses import sparsemax_loss  # noqa: F401  (its home is nets.losses)
+from refimpl.numerics import one_hot as onehot  # noqa: F401  (its home is refimpl.numerics)
 
 N_CLASSES = 10
 N_VALIDATION = 10_000
 LABEL_FRACTION = 0.1
-
-# =========================================================================== ops
-
-def sparsemax_loss(scores, targets):
-    """Per-example sparsemax loss (Martins & Astudillo 2016), no reduction.
-
-    ``L(s, y) = -s_y + 1/2 sum_{j in S} (s_j^2 - tau^2) + 1/2`` with ``p = sparsemax(s) =
-    [s - tau]_+`` and S its support, computed as ``1/2 ||s - e_y||^2 - 1/2 ||s - p||^2``
-    (the same number; >= 0, and 0 iff p = e_y).
-    Gradient: ``sparsemax(s) - onehot(y)``.
-
-    scores : Tensor (B, K); targets : int array (B,) in [0, K).  Returns Tensor (B,).
-    """
-    from refimpl import sparsemax as _sparsemax  # noqa: PLC0415
-    xp = scores.xp
-    s = scores.data
-    targets = xp.asarray(targets)
-    if s.ndim != 2 or targets.shape != s.shape[:1] or targets.dtype.kind not in "iu":
-        raise ValueError(f"sparsemax_loss: need scores (B, K) and integer targets (B,), got "
-                         f"{s.shape} and {targets.dtype} {tuple(targets.shape)}")
-    p = _sparsemax(s, axis=-1)
-    onehot = (xp.arange(s.shape[1])[None, :] == targets[:, None]).astype(s.dtype)
-    out = 0.5 * (((s - onehot) ** 2).sum(-1) - ((s - p) ** 2).sum(-1))
-
-    def vjp(g):
-        """J = (p - e_y)^T per row."""
-        return (g[:, None] * (p - onehot),)
-
-    return make_output(out, (scores,), vjp, "sparsemax_loss")
-
 
 # =========================================================================== model
 
@@ -98,12 +68,6 @@ class SSVAE(Module):
         self.decoder_rows += int(idx.shape[0])
         recon = -ops.bernoulli_log_likelihood(logits, x[idx]).sum(axis=1)
         return recon + kl + math.log(self.n_classes)
-
-
-def onehot(labels, k, xp, dtype):
-    """(n,) ints -> (n, k) one-hot array of ``dtype`` on ``xp``."""
-    labels = xp.asarray(labels)
-    return (xp.arange(k)[None, :] == labels[:, None]).astype(dtype)
 
 
 # =========================================================================== data

@@ -24,6 +24,8 @@ Under :func:`no_grad` ops compute their outputs and record no graph.
 """
 import contextlib
 import threading
+from types import ModuleType
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,13 +37,13 @@ __all__ = ["Tensor", "as_tensor", "make_output", "unbroadcast", "no_grad",
 _state = threading.local()
 
 
-def is_grad_enabled():
+def is_grad_enabled() -> bool:
     """False inside a :func:`no_grad` block (of this thread), True otherwise."""
     return getattr(_state, "grad_enabled", True)
 
 
 @contextlib.contextmanager
-def no_grad():
+def no_grad() -> Iterator[None]:
     """Context manager under which ops record no graph (outputs never require grad).
 
     Thread-local; nests; restores the previous setting on exit, also on an
@@ -55,7 +57,7 @@ def no_grad():
         _state.grad_enabled = previous
 
 
-def unbroadcast(grad, shape):
+def unbroadcast(grad: Any, shape: Sequence[int]) -> Any:
     """Sum ``grad`` back to ``shape``, undoing NumPy broadcasting.
 
     ``grad`` has the broadcast shape of an op's output; ``shape`` is the shape
@@ -96,6 +98,12 @@ class Tensor:
     requires_grad : whether :meth:`backward` should compute ``.grad`` for this
         tensor.  Only floating tensors may require grad.
 
+    Operators (``+ - * / @ **``, unary ``-``, ``[]``) and the methods ``sum``,
+    ``mean``, ``reshape``, ``transpose``, ``T``, ``exp``, ``log``, ``relu``,
+    ``sigmoid``, ``tanh`` call the op of that name in :mod:`nets.ops`; they are
+    attached in one place, ``nets/__init__.py``, so that this module imports
+    nothing from ``nets``.
+
     Attributes: ``data``, ``grad`` (None until a backward pass reaches this
     tensor; same shape, dtype and device as ``data``), ``requires_grad``,
     ``shape``, ``dtype``, ``ndim``, ``size``, ``xp``.
@@ -106,7 +114,7 @@ class Tensor:
     __array_ufunc__ = None
     __array_priority__ = 1000
 
-    def __init__(self, data, requires_grad=False):
+    def __init__(self, data: Any, requires_grad: bool = False) -> None:
         if isinstance(data, Tensor):
             raise TypeError("Tensor(data): data is already a Tensor; use it directly, "
                             "or data.detach() for a copy without history")
@@ -125,64 +133,64 @@ class Tensor:
 
     # ----------------------------------------------------------------- basics
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         return tuple(self.data.shape)
 
     @property
-    def dtype(self):
+    def dtype(self) -> Any:
         return self.data.dtype
 
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return self.data.ndim
 
     @property
-    def size(self):
+    def size(self) -> int:
         return self.data.size
 
     @property
-    def xp(self):
+    def xp(self) -> ModuleType:
         return xp_of(self.data)
 
     @property
-    def is_leaf(self):
+    def is_leaf(self) -> bool:
         return self._vjp is None
 
-    def __len__(self):
+    def __len__(self) -> int:
         if self.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self.data)     # as for arrays: only a one-element tensor has a truth value
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
         op = "" if self.is_leaf else f", op={self._op}"
         return f"Tensor(shape={self.shape}, dtype={self.dtype}{grad}{op})"
 
-    def item(self):
+    def item(self) -> Any:
         """The value of a one-element tensor as a Python number."""
         return self.data.item()
 
-    def numpy(self):
+    def numpy(self) -> np.ndarray:
         """A NumPy copy (or view) of the data, wherever it lives."""
         return to_numpy(self.data)
 
-    def detach(self):
+    def detach(self) -> "Tensor":
         """A new leaf sharing ``data``, with no history and no gradient."""
         return Tensor(self.data)
 
-    def retain_grad(self):
+    def retain_grad(self) -> "Tensor":
         """Keep this (non-leaf) tensor's gradient in ``.grad`` after backward."""
         self._retain = True
         return self
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         self.grad = None
 
     # --------------------------------------------------------------- backward
-    def backward(self, grad=None):
+    def backward(self, grad: Any = None) -> None:
         """Accumulate d(self)/d(leaf) contracted with ``grad`` into every leaf's ``.grad``.
 
         ``grad`` is the cotangent of ``self`` (same shape); it may be omitted
@@ -232,81 +240,6 @@ class Tensor:
                 previous = grads.get(id(parent))
                 grads[id(parent)] = pg if previous is None else previous + pg
 
-    # ------------------------------------------------------------- operators
-    def __add__(self, other):
-        return ops.add(self, other)
-
-    def __radd__(self, other):
-        return ops.add(other, self)
-
-    def __sub__(self, other):
-        return ops.sub(self, other)
-
-    def __rsub__(self, other):
-        return ops.sub(other, self)
-
-    def __mul__(self, other):
-        return ops.mul(self, other)
-
-    def __rmul__(self, other):
-        return ops.mul(other, self)
-
-    def __truediv__(self, other):
-        return ops.div(self, other)
-
-    def __rtruediv__(self, other):
-        return ops.div(other, self)
-
-    def __matmul__(self, other):
-        return ops.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return ops.matmul(other, self)
-
-    def __pow__(self, exponent):
-        return ops.pow(self, exponent)
-
-    def __neg__(self):
-        return ops.neg(self)
-
-    def __getitem__(self, index):
-        return ops.getitem(self, index)
-
-    def sum(self, axis=None, keepdims=False):
-        return ops.sum(self, axis=axis, keepdims=keepdims)
-
-    def mean(self, axis=None, keepdims=False):
-        return ops.mean(self, axis=axis, keepdims=keepdims)
-
-    def reshape(self, *shape):
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return ops.reshape(self, shape)
-
-    def transpose(self, *axes):
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        return ops.transpose(self, axes or None)
-
-    @property
-    def T(self):
-        return ops.transpose(self, None)
-
-    def exp(self):
-        return ops.exp(self)
-
-    def log(self):
-        return ops.log(self)
-
-    def relu(self):
-        return ops.relu(self)
-
-    def sigmoid(self):
-        return ops.sigmoid(self)
-
-    def tanh(self):
-        return ops.tanh(self)
-
 
 def _topological_order(root):
     """Tensors reachable from ``root`` that require grad, every input before its users.
@@ -330,7 +263,7 @@ def _topological_order(root):
     return order
 
 
-def as_tensor(x, like=None):
+def as_tensor(x: Any, like: Optional["Tensor"] = None) -> "Tensor":
     """``x`` as a Tensor: returned as is when it already is one.
 
     An array or Python number becomes a constant leaf.  With ``like`` (a
@@ -348,7 +281,8 @@ def as_tensor(x, like=None):
     return Tensor(xp.asarray(x))
 
 
-def make_output(data, parents, vjp, op):
+def make_output(data: Any, parents: Sequence["Tensor"], vjp: Callable[[Any], Tuple[Any, ...]],
+                op: str) -> "Tensor":
     """The Tensor an op returns: ``data`` with its graph node.
 
     ``parents`` are the op's Tensor inputs and ``vjp(g)`` returns one
@@ -363,6 +297,3 @@ def make_output(data, parents, vjp, op):
         out._vjp = vjp
         out._op = op
     return out
-
-
-from . import ops  # noqa: E402  (ops needs Tensor, defined above)

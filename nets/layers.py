@@ -11,9 +11,12 @@ Initialisation draws from a ``numpy.random.Generator`` on the CPU (float64),
 then casts to ``dtype`` and moves to ``xp``: a seed gives the same weights on
 NumPy and on CuPy.
 """
+from typing import Any, Dict, List, Sequence, Tuple
+
 import numpy as np
 
 from refimpl.backend import to_numpy
+from refimpl.numerics import check_positive_int as _positive_int
 
 from . import ops
 from .autodiff import Tensor
@@ -25,13 +28,13 @@ class Module:
     """Base class: subclasses assign parameters and sub-modules in ``__init__``
     and define ``forward``; calling the module calls ``forward``."""
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
-    def named_parameters(self, prefix=""):
+    def named_parameters(self, prefix: str = "") -> List[Tuple[str, Tensor]]:
         """``[(name, Tensor)]`` in attribute-assignment order, each parameter once."""
         out, seen = [], set()
         stack = [(prefix, self)]      # iterative walk, visiting children in order
@@ -53,19 +56,19 @@ class Module:
                     stack.append((f"{name}.{key}" if name else key, child))
         return out
 
-    def parameters(self):
+    def parameters(self) -> List[Tensor]:
         """The parameters as an ordered list (see :meth:`named_parameters`)."""
         return [p for _, p in self.named_parameters()]
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = None
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
         """``{name: numpy array}``: copies of the parameters, independent of the backend."""
         return {name: np.array(to_numpy(p.data), copy=True) for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Copy ``state`` (as from :meth:`state_dict`) into the parameters, in place.
 
         Values are cast to each parameter's dtype and moved to its backend.
@@ -87,12 +90,6 @@ class Module:
             p.data[...] = p.xp.asarray(to_numpy(state[name]).astype(p.dtype, copy=False))
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _parameter(values, xp, dtype):
     """A trainable leaf from float64 NumPy values, cast to ``dtype`` on backend ``xp``."""
     return Tensor(xp.asarray(values.astype(dtype)), requires_grad=True)
@@ -108,7 +105,8 @@ class Linear(Module):
     drawn first, then the bias, from ``rng``.
     """
 
-    def __init__(self, in_features, out_features, rng, xp=np, dtype=np.float32, bias=True):
+    def __init__(self, in_features: int, out_features: int, rng: np.random.Generator, xp: Any = np,
+                 dtype: Any = np.float32, bias: bool = True) -> None:
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = _positive_int(out_features, "out_features")
         if not isinstance(rng, np.random.Generator):
@@ -120,7 +118,7 @@ class Linear(Module):
         self.bias = (_parameter(rng.uniform(-bound, bound, (self.out_features,)), xp, dtype)
                      if bias else None)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}): input has "
                              f"{x.shape[-1]} features in its last axis (shape {tuple(x.shape)})")
@@ -140,7 +138,8 @@ class MLP(Module):
     """Linear layers of ``sizes = [in, h1, ..., out]`` with ``activation`` between
     them (none after the last): (..., in) -> (..., out)."""
 
-    def __init__(self, sizes, rng, activation="relu", xp=np, dtype=np.float32):
+    def __init__(self, sizes: Sequence[int], rng: np.random.Generator, activation: str = "relu",
+                 xp: Any = np, dtype: Any = np.float32) -> None:
         sizes = list(sizes)
         if len(sizes) < 2:
             raise ValueError(f"MLP sizes needs at least [in, out], got {sizes}")
@@ -149,7 +148,7 @@ class MLP(Module):
         self.activation = activation
         self.layers = [Linear(i, o, rng, xp=xp, dtype=dtype) for i, o in zip(sizes[:-1], sizes[1:])]
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         act = _ACTIVATIONS[self.activation]
         for i, layer in enumerate(self.layers):
             x = layer(x)
@@ -164,14 +163,15 @@ class Embedding(Module):
     weight : (num, dim), initialised N(0, 1) as PyTorch's ``nn.Embedding``.
     """
 
-    def __init__(self, num, dim, rng, xp=np, dtype=np.float32):
+    def __init__(self, num: int, dim: int, rng: np.random.Generator, xp: Any = np,
+                 dtype: Any = np.float32) -> None:
         self.num = _positive_int(num, "num")
         self.dim = _positive_int(dim, "dim")
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         self.weight = _parameter(rng.standard_normal((self.num, self.dim)), xp, dtype)
 
-    def forward(self, indices):
+    def forward(self, indices: Any) -> Tensor:
         if isinstance(indices, Tensor):
             indices = indices.data
         indices = self.weight.xp.asarray(indices)

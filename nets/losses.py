@@ -1,33 +1,31 @@
-"""Softmax family, likelihoods and KL: each forward with its VJP right under it.
+"""Softmax family, likelihoods, entropy, KL and the sparsemax loss: each forward
+with its VJP right under it.
 
-Re-exported from :mod:`nets.ops` (same conventions: outputs keep the inputs'
-dtype and device; VJPs never write into their cotangent).
+Same conventions as :mod:`nets.ops` (outputs keep the inputs' dtype and device;
+VJPs never write into their cotangent), whose namespace also carries these
+names.  The array math (logsumexp, softplus, sigmoid, Bernoulli entropy,
+one-hot) comes from :mod:`refimpl.numerics`, its one home.
 """
-import numpy as np
 
+import refimpl
 from refimpl.backend import xp_of
+from refimpl.numerics import bernoulli_entropy as _bernoulli_entropy
+from refimpl.numerics import logsumexp as _lse
+from refimpl.numerics import one_hot
+from refimpl.numerics import sigmoid as _sigmoid
+from refimpl.numerics import softplus as _softplus
 
+from ._helpers import _axis, _constant, _pair
 from .autodiff import as_tensor, make_output
-from .ops import _axis, _constant, _exp_neg_softplus, _pair, _softplus
 
 __all__ = ["logsumexp", "log_softmax", "softmax", "cross_entropy",
-           "bernoulli_log_likelihood", "gaussian_kl"]
+           "bernoulli_log_likelihood", "bernoulli_entropy", "gaussian_kl", "sparsemax_loss"]
 
 
 # ---------------------------------------------------------- softmax family
 def _logsumexp(x, axis):
-    """Stable ``log Σ exp(x)`` over ``axis`` (keepdims); ``-inf`` entries allowed.
-
-    Shifts by the slice max (0 when the max is not finite); an all-``-inf``
-    slice gives ``-inf`` without a warning.  ``+inf``/NaN are not supported.
-    """
-    xp = xp_of(x)
-    m = x.max(axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
-    s = xp.exp(x - m).sum(axis=axis, keepdims=True)
-    positive = s > 0
-    lse = m + xp.log(xp.where(positive, s, xp.ones_like(s)))
-    return xp.where(positive, lse, xp.full_like(lse, -np.inf))
+    """:func:`refimpl.numerics.logsumexp` over ``axis`` with ``keepdims``."""
+    return _lse(x, axis=axis, keepdims=True)
 
 
 def _softmax_from(x, lse):
@@ -137,13 +135,13 @@ def bernoulli_log_likelihood(logits, x):
 def _bernoulli_log_likelihood(logits, x):
     """:func:`bernoulli_log_likelihood` for x known to lie in [0, 1] (0/1 samples
     drawn by an estimator, shape and dtype of ``logits``): no host sync."""
-    l = logits.data
+    lg = logits.data
 
     def vjp(g):
         """J = diag(x - sigmoid(l))."""
-        return (g * (x - _exp_neg_softplus(l)),)
+        return (g * (x - _sigmoid(lg)),)
 
-    return make_output(x * l - _softplus(l), (logits,), vjp, "bernoulli_log_likelihood")
+    return make_output(x * lg - _softplus(lg), (logits,), vjp, "bernoulli_log_likelihood")
 
 
 def gaussian_kl(mu, logvar):
@@ -164,3 +162,46 @@ def gaussian_kl(mu, logvar):
         return g * mu.data, g * (0.5 * (var - 1))
 
     return make_output(out, (mu, logvar), vjp, "gaussian_kl")
+
+
+def bernoulli_entropy(t):
+    """``Σ_i H(Bernoulli(σ(t_i)))`` over the last axis: Tensor (..., D) -> (...).
+
+    ``H = softplus(t) - σ(t) t`` (:func:`refimpl.numerics.bernoulli_entropy`).
+    """
+    t = as_tensor(t)
+
+    def vjp(g):
+        """J = -(σ(t) σ(-t) t)ᵀ per row: dH/dt = σ - (σ'(t) t + σ) with σ' = σ(t) σ(-t)."""
+        xp = t.xp
+        slope = xp.exp(-_softplus(t.data) - _softplus(-t.data))          # σ(t) σ(-t), exact
+        return (-(g[..., None] * slope * t.data),)
+
+    return make_output(_bernoulli_entropy(t.data), (t,), vjp, "bernoulli_entropy")
+
+
+def sparsemax_loss(scores, targets):
+    """Per-example sparsemax loss (Martins & Astudillo 2016), no reduction.
+
+    ``L(s, y) = -s_y + 1/2 Σ_{j ∈ S} (s_j² - τ²) + 1/2`` with ``p = sparsemax(s) =
+    [s - τ]_+`` and S its support, computed as ``1/2 ||s - e_y||² - 1/2 ||s - p||²``
+    (the same number; >= 0, and 0 iff p = e_y).
+
+    scores : Tensor (B, K); targets : integer array (B,) in [0, K).  Returns Tensor (B,).
+    """
+    scores = as_tensor(scores)
+    xp = scores.xp
+    s = scores.data
+    targets = xp.asarray(targets)
+    if s.ndim != 2 or targets.shape != s.shape[:1] or targets.dtype.kind not in "iu":
+        raise ValueError(f"sparsemax_loss: need scores (B, K) and integer targets (B,), got "
+                         f"{s.shape} and {targets.dtype} {tuple(targets.shape)}")
+    p = refimpl.sparsemax(s, axis=-1)
+    onehot = one_hot(targets, s.shape[1], xp, s.dtype)
+    out = 0.5 * (((s - onehot) ** 2).sum(-1) - ((s - p) ** 2).sum(-1))
+
+    def vjp(g):
+        """J = (p - e_y)ᵀ per row: the gradient of the loss is sparsemax(s) - onehot(y)."""
+        return (g[:, None] * (p - onehot),)
+
+    return make_output(out, (scores,), vjp, "sparsemax_loss")

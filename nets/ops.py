@@ -13,77 +13,28 @@ and device of the Tensor operand, so a constant never changes a
 computation's dtype; two Tensor operands must share a dtype (a ``TypeError``
 says how to fix it).  Outputs have the inputs' dtype and device.
 
-The softmax family, likelihoods and KL are in :mod:`nets.losses`, the Tensor
-wrappers of the refimpl mappings (sparsemax, top-k sparsemax, structured
-top-k, SparseMAP) in :mod:`nets.mappings`; both are re-exported here.
+The softmax family, likelihoods, entropies, KL and the sparsemax loss are
+defined in :mod:`nets.losses`, the Tensor wrappers of the refimpl mappings
+(sparsemax, top-k sparsemax, structured top-k, SparseMAP) in
+:mod:`nets.mappings`.  Neither module imports this one, nor this one them:
+``nets/__init__.py`` adds their public names to this namespace (so
+``nets.ops.softmax`` works) in the one place where the package is assembled.
 """
 import builtins
 
 import numpy as np
 
-from refimpl.backend import xp_of
+from refimpl.numerics import sigmoid as _sigmoid
+from refimpl.numerics import softplus as _softplus
 
+from ._helpers import _axes, _axis, _constant, _pair, _tensors
 from .autodiff import Tensor, as_tensor, make_output, unbroadcast
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "matmul", "sum", "mean", "reshape",
     "transpose", "getitem", "take_along_axis", "concatenate", "stack", "exp", "log",
-    "relu", "sigmoid", "tanh", "softplus", "log_softmax", "softmax", "logsumexp",
-    "cross_entropy", "bernoulli_log_likelihood", "gaussian_kl", "where",
-    "sparsemax", "topk_sparsemax", "structured_topk", "sparsemap",
+    "relu", "sigmoid", "tanh", "softplus", "where",
 ]
-
-
-# ------------------------------------------------------------------ helpers
-def _pair(a, b, op):
-    """Both operands as Tensors of one dtype (a constant adopts the Tensor's dtype)."""
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        if a.dtype != b.dtype:
-            raise TypeError(f"{op}: operands have dtypes {a.dtype} and {b.dtype}; cast one "
-                            f"first (e.g. Tensor(x.data.astype('{a.dtype}')))")
-        return a, b
-    if isinstance(a, Tensor):
-        return a, as_tensor(b, like=a)
-    if isinstance(b, Tensor):
-        return as_tensor(a, like=b), b
-    return as_tensor(a), as_tensor(b)
-
-
-def _tensors(tensors, op):
-    """A list of Tensors sharing one dtype."""
-    tensors = [as_tensor(t) for t in tensors]
-    if not tensors:
-        raise ValueError(f"{op}: needs at least one tensor")
-    dtypes = {t.dtype for t in tensors}
-    if len(dtypes) > 1:
-        raise TypeError(f"{op}: tensors have different dtypes {sorted(map(str, dtypes))}; "
-                        f"cast them to one dtype first")
-    return tensors
-
-
-def _axis(axis, ndim, op):
-    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
-        raise ValueError(f"{op}: axis={axis!r} is out of range for a tensor with {ndim} axes")
-    return int(axis) % ndim
-
-
-def _axes(axis, ndim, op):
-    """``axis`` (None, int or tuple) as a sorted tuple of non-negative axes."""
-    if axis is None:
-        return tuple(range(ndim))
-    if isinstance(axis, (int, np.integer)):
-        axis = (axis,)
-    return tuple(sorted(_axis(a, ndim, op) for a in axis))
-
-
-def _constant(x, like, name, op):
-    """A non-differentiable array argument on ``like``'s device."""
-    if isinstance(x, Tensor):
-        if x.requires_grad:
-            raise TypeError(f"{op}: {name} is treated as a constant and gets no gradient; "
-                            f"pass {name}.data (or {name}.detach())")
-        x = x.data
-    return like.xp.asarray(x)
 
 
 # --------------------------------------------------------------- arithmetic
@@ -366,21 +317,10 @@ def relu(a):
     return make_output(a.data * positive, (a,), vjp, "relu")
 
 
-def _softplus(x):
-    """Stable ``log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|))``: no overflow for any |x|."""
-    xp = xp_of(x)
-    return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
-
-
-def _exp_neg_softplus(x):
-    """Stable logistic function ``sigmoid(x) = exp(-softplus(-x))``."""
-    return xp_of(x).exp(-_softplus(-x))
-
-
 def sigmoid(a):
     """Logistic ``1 / (1 + exp(-a))`` elementwise, stable for large |a|."""
     a = as_tensor(a)
-    out = _exp_neg_softplus(a.data)
+    out = _sigmoid(a.data)
 
     def vjp(g):
         """J = diag(s (1 - s)), s = sigmoid(a)."""
@@ -407,7 +347,7 @@ def softplus(a):
 
     def vjp(g):
         """J = diag(sigmoid(a))."""
-        return (g * _exp_neg_softplus(a.data),)
+        return (g * _sigmoid(a.data),)
 
     return make_output(_softplus(a.data), (a,), vjp, "softplus")
 
@@ -428,8 +368,3 @@ def where(cond, a, b):
                 unbroadcast(xp.where(cond, zero, g), b.shape) if b.requires_grad else None)
 
     return make_output(out, (a, b), vjp, "where")
-
-
-from .losses import (bernoulli_log_likelihood, cross_entropy, gaussian_kl,  # noqa: E402
-                     log_softmax, logsumexp, softmax)
-from .mappings import sparsemap, sparsemax, structured_topk, topk_sparsemax  # noqa: E402

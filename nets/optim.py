@@ -13,6 +13,7 @@ The moments live on the parameter's device in its dtype; parameter data and
 moments are updated in place (parameters are owned by their module).
 """
 import math
+from typing import Any, Dict, Iterable, Tuple
 
 import numpy as np
 
@@ -28,7 +29,8 @@ class Adam:
     ``module.parameters()``); their order fixes the state dict's indices.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         self.params = list(params)
         if not self.params:
             raise ValueError("Adam: params is empty; pass module.parameters()")
@@ -46,12 +48,12 @@ class Adam:
         self.exp_avg = [None] * len(self.params)       # m, allocated at a parameter's first step
         self.exp_avg_sq = [None] * len(self.params)    # v
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Reset every parameter's gradient to None."""
         for p in self.params:
             p.grad = None
 
-    def step(self):
+    def step(self) -> None:
         """One Adam update of every parameter that has a gradient."""
         beta1, beta2 = self.betas
         for i, p in enumerate(self.params):
@@ -81,7 +83,7 @@ class Adam:
             update *= step_size
             p.data -= update
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, Any]:
         """Everything needed to resume exactly, as NumPy arrays and Python numbers.
 
         ``{"state": {"i": {"step", "exp_avg", "exp_avg_sq"}}, "param_groups":
@@ -97,7 +99,7 @@ class Adam:
                  "weight_decay": self.weight_decay}
         return {"state": state, "param_groups": [group]}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (moments copied onto each parameter's device/dtype)."""
         state, (group,) = state_dict["state"], state_dict["param_groups"]
         bad = [i for i in state if not 0 <= int(i) < len(self.params)]

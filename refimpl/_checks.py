@@ -2,6 +2,7 @@
 import numpy as np
 
 from .backend import xp_of
+from .numerics import check_positive_int
 
 
 def check_array(scores, name="scores"):
@@ -67,11 +68,5 @@ def check_grad(grad, like, name="grad"):
 
 
 def check_k(k, upper, what):
-    """``k`` must be an integer with ``1 <= k <= upper``."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an integer, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if upper is not None and k > upper:
-        raise ValueError(f"k must be at most {what} = {upper}, got {k}")
-    return int(k)
+    """``k`` must be an integer with ``1 <= k <= upper`` (``upper`` None: no bound)."""
+    return check_positive_int(k, "k", upper, what)

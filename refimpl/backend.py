@@ -6,6 +6,8 @@ on a GPU.  CuPy is imported lazily, here only, and only when asked for: a
 machine without CUDA installs, imports and tests the project without it.
 """
 import sys
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +59,7 @@ def _import_cupy():
     return cupy
 
 
-def get_xp(name):
+def get_xp(name: str) -> ModuleType:
     """Return the array namespace called ``name`` ("numpy" or "cupy").
 
     Raises ``RuntimeError`` for "cupy" when CuPy is not installed or no GPU is
@@ -71,7 +73,7 @@ def get_xp(name):
     raise ValueError(f"backend must be 'numpy' or 'cupy', got {name!r}")
 
 
-def cupy_available():
+def cupy_available() -> bool:
     """True when CuPy imports and sees at least one GPU (never raises)."""
     try:
         _import_cupy()
@@ -93,7 +95,7 @@ def _device_namespace(a):
     return None
 
 
-def xp_of(*arrays):
+def xp_of(*arrays: Any) -> ModuleType:
     """The array namespace of ``arrays`` (numpy unless one is a device array).
 
     Non-array arguments (Python scalars, None) are ignored.  Mixing NumPy and
@@ -107,7 +109,7 @@ def xp_of(*arrays):
     return np
 
 
-def to_numpy(a):
+def to_numpy(a: Any) -> np.ndarray:
     """A NumPy copy (or view) of ``a``, wherever it lives (a host sync for device arrays)."""
     if _device_namespace(a) is not None:
         return a.get()

@@ -17,8 +17,11 @@ A check compares, for random directions ``v`` (input space) and ``u``
 computed by central differences with ``<vjp(x, u), v>``.  A failure raises
 ``AssertionError`` that prints both numbers.
 """
+from typing import Callable, Optional
+
 import numpy as np
 
+from ._types import Array, ArrayFunction
 from .backend import to_numpy, xp_of
 
 __all__ = ["NondifferentiableError", "check_vjp", "numerical_jacobian",
@@ -29,7 +32,7 @@ class NondifferentiableError(ValueError):
     """Raised when a finite difference would straddle a kink (a change of piece)."""
 
 
-def zero_pattern(y):
+def zero_pattern(y: Array) -> np.ndarray:
     """Default piece signature: which outputs are exactly zero (the support)."""
     return to_numpy(y) == 0
 
@@ -65,8 +68,19 @@ def _refuse_kink(p0, piece_fn, x_plus, x_minus, where):
                 f"point away from the kink or a smaller eps")
 
 
-def check_vjp(f, vjp, x, *, piece=None, n_directions=4, eps=1e-6,
-              rtol=1e-6, atol=1e-9, seed=0):
+def _start(f, x, piece):
+    """Check that ``x`` and ``f(x)`` are float64; return ``xp``, the piece function,
+    ``y = f(x)`` and the piece of ``x``."""
+    _require_float64(x)
+    piece_fn = _piece_of(f, piece)
+    y = f(x)
+    _require_float64(y, "f(x)")
+    return xp_of(x), piece_fn, y, piece_fn(x)
+
+
+def check_vjp(f: ArrayFunction, vjp: Callable[[Array, Array], Array], x: Array, *,
+              piece: Optional[ArrayFunction] = None, n_directions: int = 4, eps: float = 1e-6,
+              rtol: float = 1e-6, atol: float = 1e-9, seed: int = 0) -> None:
     """Check ``vjp`` against central differences of ``f`` at ``x``.
 
     Parameters
@@ -86,12 +100,7 @@ def check_vjp(f, vjp, x, *, piece=None, n_directions=4, eps=1e-6,
     ``NondifferentiableError`` when a step crosses a kink, ``TypeError`` for
     non-float64 input.
     """
-    _require_float64(x)
-    xp = xp_of(x)
-    piece_fn = _piece_of(f, piece)
-    y = f(x)
-    _require_float64(y, "f(x)")
-    p0 = piece_fn(x)
+    xp, piece_fn, y, p0 = _start(f, x, piece)
     rng = np.random.default_rng(seed)
     for d in range(n_directions):
         v = xp.asarray(rng.standard_normal(x.shape))
@@ -112,19 +121,15 @@ def check_vjp(f, vjp, x, *, piece=None, n_directions=4, eps=1e-6,
                 f"tolerance {tol:.3g}, eps={eps:g})")
 
 
-def numerical_jacobian(f, x, eps=1e-6, *, piece=None):
+def numerical_jacobian(f: ArrayFunction, x: Array, eps: float = 1e-6, *,
+                       piece: Optional[ArrayFunction] = None) -> Array:
     """Dense central-difference Jacobian, shape ``f(x).shape + x.shape`` (float64).
 
     Meant for small inputs (one pair of evaluations per input entry).
     Raises ``NondifferentiableError`` when a step crosses a kink (see
     :func:`check_vjp`).
     """
-    _require_float64(x)
-    xp = xp_of(x)
-    piece_fn = _piece_of(f, piece)
-    y = f(x)
-    _require_float64(y, "f(x)")
-    p0 = piece_fn(x)
+    xp, piece_fn, y, p0 = _start(f, x, piece)
     jac = xp.zeros(y.shape + x.shape, dtype=np.float64)
     flat = jac.reshape(y.shape + (x.size,))
     for i in range(x.size):
@@ -136,7 +141,8 @@ def numerical_jacobian(f, x, eps=1e-6, *, piece=None):
     return jac
 
 
-def check_against_enumeration(t, vertices, weights, reference, *, atol=1e-9):
+def check_against_enumeration(t: Array, vertices: Array, weights: Array,
+                              reference: Array, *, atol: float = 1e-9) -> None:
     """Check a sparse structured distribution against a dense reference over all 2^D.
 
     Parameters

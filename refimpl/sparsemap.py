@@ -5,18 +5,25 @@
 ``A`` has one column ``a_z ∈ {0,1}^D`` per structure; it is never built: the
 structure enters only through a maximization oracle ``z(t) = argmax_z <a_z, t>``
 (:mod:`refimpl.oracles`).  The marginals ``μ = A ξ*`` are unique; the
-active-set method returns a sparse ``ξ*`` (support <= D + 1).
-Derivation of the KKT system and of the backward pass: docs/derivations.md §4.
+active-set method returns a sparse ``ξ*`` whose vertices, once converged,
+span the minimal face of the marginal polytope that contains ``μ``.
+Derivation of the KKT system and of the backward pass: docs/derivations.md §4;
+the solver's state and its exact arithmetic: :mod:`refimpl._active_set`.
 """
 from dataclasses import dataclass
-from typing import Any
+from typing import Optional
 
 import numpy as np
 
+from ._active_set import WorkingSet, solve_refined, step_back, tie_grid
+from ._faces import first_vertices
 from ._checks import check_grad, check_scores
-from .backend import xp_of
+from .backend import to_numpy, xp_of
+from .oracles import budget_oracle
+from ._types import Array, ArrayFunction as Oracle
 
 __all__ = ["SparseMAPResult", "sparsemap", "sparsemap_vjp"]
+
 
 
 @dataclass(frozen=True)
@@ -24,220 +31,108 @@ class SparseMAPResult:
     """Output of :func:`sparsemap`.
 
     vertices : (..., S, D) 0/1 active structures in ``t``'s dtype (padding rows 0).
-    weights : (..., S) their probabilities ξ_S (> 0 on the active set, 0 on padding).
+    weights : (..., S) their probabilities ξ_S (> 0 on the support, 0 on padding).
     marginals : (..., D) ``μ = Σ_s weights_s vertices_s``.
     n_iter : active-set iterations taken by the slowest example.
+    spans_face : (...,) bool, True where the support's affine hull has the
+        dimension of the minimal face of the marginal polytope containing
+        ``μ``, i.e. where :func:`sparsemap_vjp` is the exact derivative of the
+        marginals (docs/derivations.md §4.3).  ``None`` when the oracle does
+        not declare its faces (an oracle may carry a ``face_dim(vertices,
+        support)`` function, as :func:`refimpl.bitvector_oracle` and
+        :func:`refimpl.budget_oracle` do).
     """
-    vertices: Any
-    weights: Any
-    marginals: Any
+    vertices: Array
+    weights: Array
+    marginals: Array
     n_iter: int
+    spans_face: Optional[Array] = None
 
     @property
-    def support(self):
+    def support(self) -> Array:
         """(..., S) bool: which rows of ``vertices`` carry probability."""
         return self.weights > 0
 
 
-def _bordered(G, active):
-    """The bordered KKT matrix ``[[0, 1ᵀ], [1, G]]`` over each active set.
+def _check_oracle(oracle):
+    if oracle is budget_oracle:
+        raise TypeError("oracle: budget_oracle is a factory; pass budget_oracle(B), the "
+                        "oracle of the budget polytope with at most B bits on")
+    if not callable(oracle):
+        raise TypeError(f"oracle must be a function mapping scores (n, D) to one best 0/1 vertex "
+                        f"per row (n, D), e.g. refimpl.bitvector_oracle or "
+                        f"refimpl.budget_oracle(B); got {type(oracle).__name__} {oracle!r}")
 
-    G : (N, P, P) Gram matrix of the slots, active : (N, P) bool.  Inactive
-    slots get a decoupled unit diagonal, so their solution entries are 0 and
-    every example has the same matrix size.  Returns (N, P+1, P+1).
+
+def _first_vertex(oracle, t64, init):
+    """The starting vertex of every row: ``oracle(t)`` or the given ``init``."""
+    xp = xp_of(t64)
+    z = oracle(t64) if init is None else init.reshape(t64.shape)
+    name = "oracle" if init is None else "init"
+    if not hasattr(z, "shape") or tuple(z.shape) != tuple(t64.shape):
+        got = tuple(z.shape) if hasattr(z, "shape") else type(z).__name__
+        raise ValueError(f"{name} must give one 0/1 vertex per row, shape {tuple(t64.shape)}; "
+                         f"got {got}")
+    z = z.astype(np.float64)
+    if bool(xp.any((z != 0) & (z != 1))):
+        raise ValueError(f"{name} must give 0/1 vertices; got entries other than 0 and 1")
+    return z
+
+
+def _iterate(ws, oracle, tol):
+    """One active-set step for every running row.
+
+    Computes, for all rows at once, both branches of the step (step back and
+    drop where the new weights are infeasible; else ask the oracle for the
+    most violated vertex and add it unless the gain is within tolerance),
+    reads one small vector of flags on the host, and applies the branches
+    that some row needs.  Returns the number of rows now converged.
     """
-    xp = xp_of(G)
-    N, P = active.shape
-    a = active.astype(G.dtype)
-    M = xp.zeros((N, P + 1, P + 1), dtype=G.dtype)
-    M[:, 0, 1:] = a
-    M[:, 1:, 0] = a
-    M[:, 1:, 1:] = G * a[:, :, None] * a[:, None, :] + xp.eye(P, dtype=G.dtype) * (1 - a)[:, None, :]
-    return M
+    xp = xp_of(ws.tp)
+    n, D = ws.tp.shape
+    xi_new, tau = ws.solve()
+    has_neg = ~ws.done & xp.any(ws.active & (xi_new < 0), axis=1)          # (n,)
+    # most violated vertex at the new weights: z = oracle(t - μ)
+    resid = ws.tp - (xi_new[:, None, :] @ ws.X)[:, 0, :]                    # t - μ, (n, D)
+    touched = ws.count > 0                                                   # what differs
+    scale = 1 + xp.max(xp.where(touched, ws.tabs, 0), axis=1)
+    z = oracle(tie_grid(resid, tol * scale, D)).astype(resid.dtype)
+    Xz, g, kcol, kzz, bz = ws.candidate(z)
+    gain = bz - xp.sum(xi_new * g, axis=1) - tau                             # <a_z - a_s, t - μ>
+    u = solve_refined(ws.K, ws.Kinv, kcol[:, :, None])[:, :, 0]
+    sigma = kzz - xp.sum(kcol * u, axis=1)                                    # > 0: independent
+    scale = 1 + xp.max(xp.where(touched | (Xz != 0), ws.tabs, 0), axis=1)
+    improves = (gain > tol * scale) & (sigma > 1e-9 * kzz)
+    full = xp.all(ws.active, axis=1)
+    can_grow = ws.slots < ws.max_slots
+    add = ~ws.done & ~has_neg & improves & (~full | can_grow)
+    ws.done = ws.done | (~has_neg & ~add)
+    flags = to_numpy(xp.stack([xp.any(has_neg), xp.any(add), xp.any(add & full),
+                               xp.sum(ws.done)]))                          # the one host sync
+    any_neg, any_add, grow, n_done = (int(f) for f in flags)
+    if grow:                                       # one more chunk of slots
+        ws.grow()
+        u, kcol, xi_new, ws.xi_old = (_pad(a, ws.slots) for a in (u, kcol, xi_new, ws.xi_old))
+    ws.xi = xi_new
+    if any_add:
+        slot = xp.argmin(ws.active, axis=1)                                   # first free slot
+        ws.insert(add, slot, Xz, kcol, kzz, bz, u, sigma)
+    if any_neg:
+        xi_back, leave = step_back(ws.xi_old, xi_new, ws.active)
+        ws.xi = xp.where(has_neg[:, None], xi_back, ws.xi)
+        ws.remove(has_neg, leave)
+    ws.xi_old = ws.xi
+    return n_done
 
 
-def _solve(M, active, top, rhs):
-    """Solve ``M [τ; ξ] = [top; rhs]`` for bordered matrices ``M`` (N, P+1, P+1).
-
-    Not ``G⁻¹``: G is singular whenever the zero vector is active.
-    Returns ``τ : (N,)`` and ``ξ : (N, P)`` (0 on inactive slots).
-    """
-    xp = xp_of(M)
-    b = xp.concatenate([xp.full((M.shape[0], 1), top, dtype=M.dtype),
-                        xp.where(active, rhs, 0)], axis=1)        # (N, P+1)
-    sol = xp.linalg.solve(M, b[:, :, None])[:, :, 0]
-    return sol[:, 0], sol[:, 1:] * active
+def _pad(a, P):
+    """Zero-pad the slot axis (axis 1) of ``a`` (n, p) to ``P``."""
+    xp = xp_of(a)
+    return xp.concatenate([a, xp.zeros((a.shape[0], P - a.shape[1]), dtype=a.dtype)], axis=1)
 
 
-_FIELDS = ("t", "V", "Vt", "M", "xi", "active", "ids")
-
-
-class _ActiveSets:
-    """Padded active sets of the examples still running.
-
-    Per example (row): P slots, reused after a drop; P grows by 8 (up to
-    D + 2) when a row needs another.  ``V`` (n, P, D) vertices, ``Vt`` (n, P)
-    their scores ``<a_z, t>``, ``M`` (n, P+1, P+1) the bordered KKT matrix
-    ``[[0, 1ᵀ], [1, G]]`` of :func:`_bordered` with inactive slots decoupled
-    (one border row and column written per added or dropped vertex), ``xi``
-    (n, P) weights, ``active`` (n, P), ``ids`` (n,) each row's index in the
-    batch.
-    """
-
-    @classmethod
-    def start(cls, t, first):
-        """One active vertex ``first (n, D)`` with weight 1 per example."""
-        xp = xp_of(t)
-        n, D = t.shape
-        self = cls()
-        self.t, self.ids, self.max_slots = t, xp.arange(n), D + 2
-        P = min(8, self.max_slots)
-        self.V = xp.zeros((n, P, D), dtype=t.dtype)
-        self.V[:, 0] = first
-        self.Vt = xp.zeros((n, P), dtype=t.dtype)
-        self.Vt[:, 0] = xp.sum(first * t, axis=-1)
-        self.M = xp.broadcast_to(xp.eye(P + 1, dtype=t.dtype), (n, P + 1, P + 1)).copy()
-        self.M[:, 0, 0] = 0
-        self.M[:, 0, 1] = self.M[:, 1, 0] = 1
-        self.M[:, 1, 1] = xp.sum(first * first, axis=-1)
-        self.xi = xp.zeros((n, P), dtype=t.dtype)
-        self.xi[:, 0] = 1
-        self.active = xp.zeros((n, P), dtype=bool)
-        self.active[:, 0] = True
-        return self
-
-    def __len__(self):
-        return self.t.shape[0]
-
-    def take(self, mask):
-        """The rows selected by ``mask (n,)``, as a new (copied) object."""
-        part = _ActiveSets()
-        part.max_slots = self.max_slots
-        for name in _FIELDS:
-            setattr(part, name, getattr(self, name)[mask])
-        return part
-
-    def grow(self):
-        """Add 8 inactive slots (at most D + 2 in all)."""
-        xp = xp_of(self.V)
-        n, P = self.active.shape
-        P_new = min(P + 8, self.max_slots)
-        for name in ("V", "Vt", "xi", "active"):
-            old = getattr(self, name)
-            new = xp.zeros((n, P_new) + old.shape[2:], dtype=old.dtype)
-            new[:, :P] = old
-            setattr(self, name, new)
-        M = xp.broadcast_to(xp.eye(P_new + 1, dtype=self.M.dtype), (n, P_new + 1, P_new + 1)).copy()
-        M[:, :P + 1, :P + 1] = self.M
-        self.M = M
-
-    def solve(self):
-        """``τ (n,)`` and ``ξ (n, P)`` solving each row's KKT system."""
-        return _solve(self.M, self.active, 1.0, self.Vt)
-
-    def overlaps(self, z):
-        """``<a_j, z>`` for every slot j: (n, P)."""
-        return (self.V @ z[:, :, None])[:, :, 0]
-
-    def contains(self, z, g):
-        """(n,) bool: is ``z`` already active?  For 0/1 vectors ``a = z`` iff
-        ``<a, z> = |z|² = |a|²``; ``g`` are the overlaps."""
-        xp = xp_of(z)
-        zz = xp.sum(z * z, axis=-1, keepdims=True)
-        sq = xp.diagonal(self.M, axis1=1, axis2=2)[:, 1:]
-        return xp.any(self.active & (g == zz) & (sq == zz), axis=-1)
-
-    def insert(self, mask, z, g):
-        """In the rows where ``mask (n,)`` holds, add vertex ``z`` (n, D) with
-        overlaps ``g = <a_j, z>`` (n, P) at weight 0, in the first free slot."""
-        xp = xp_of(z)
-        if bool(xp.any(mask & xp.all(self.active, axis=1))):
-            self.grow()
-        rows = xp.nonzero(mask)[0]
-        slot = xp.argmin(self.active[rows], axis=1)                # (m,)
-        z, g = z[rows], g[rows] * self.active[rows, :g.shape[1]]
-        border = xp.concatenate([xp.ones((len(rows), 1)), g,       # [1; <a_j, z>] over active j
-                                 xp.zeros((len(rows), self.active.shape[1] - g.shape[1]))], axis=1)
-        q = slot + 1
-        border[xp.arange(len(rows)), q] = xp.sum(z * z, axis=-1)
-        self.M[rows, q, :] = border
-        self.M[rows, :, q] = border
-        self.V[rows, slot] = z
-        self.Vt[rows, slot] = xp.sum(z * self.t[rows], axis=-1)
-        self.xi[rows, slot] = 0
-        self.active[rows, slot] = True
-
-    def drop(self, mask, slot):
-        """Remove ``slot (n,)`` from the active sets of the rows in ``mask``."""
-        xp = xp_of(self.V)
-        rows = xp.nonzero(mask)[0]
-        q = slot[rows] + 1
-        self.M[rows, q, :] = 0
-        self.M[rows, :, q] = 0
-        self.M[rows, q, q] = 1
-        self.active[rows, slot[rows]] = False
-        self.xi[rows, slot[rows]] = 0
-
-
-def _step_back(xi_old, xi_new, active):
-    """Move from feasible ``xi_old`` towards ``xi_new`` until a weight hits 0.
-
-    ``α = min_{i: ξ_new,i < 0} ξ_old,i / (ξ_old,i - ξ_new,i)``; returns the
-    new weights (n, P) and the slot (n,) attaining the minimum, which leaves.
-    """
-    xp = xp_of(xi_old)
-    neg = active & (xi_new < 0)
-    ratio = xp.where(neg, xi_old / xp.where(neg, xi_old - xi_new, 1), xp.inf)
-    leave = xp.argmin(ratio, axis=1)                               # (n,)
-    alpha = xp.minimum(xp.take_along_axis(ratio, leave[:, None], axis=1), 1)
-    xi = xp.where(active, xp.maximum(xi_old + alpha * (xi_new - xi_old), 0), 0)
-    return xi, leave
-
-
-def _denoise(resid, t):
-    """Round the residual to a grid far below the tolerance, so that entries
-    equal up to rounding become exactly equal.
-
-    Once ``μ_i = t_i`` the residual ``t_i - μ_i`` is zero in exact arithmetic,
-    and entries of equal exact value differ only by rounding (``~1e-16``).
-    An oracle such as ``1[r > 0]`` or "the B largest, ties to the lower index"
-    would then pick its vertex by the sign or order of rounding errors, and
-    the active-set path (hence the returned ξ) would jump under perturbations
-    of t far below any tolerance.  Rounding to multiples of a power of two
-    ``h ≈ 2^-36 (1 + ||t||_∞)`` (about 1.5e-11, far below ``tol``) maps such
-    entries to the same value and the near-zero ones to 0; two values equal up
-    to rounding straddle a grid line only with probability ~1e-5.
-    """
-    xp = xp_of(resid)
-    scale = 1 + xp.max(xp.abs(t), axis=-1, keepdims=True)
-    h = xp.exp2(xp.ceil(xp.log2(scale)) - 36)                      # (n, 1) power of two
-    return xp.rint(resid / h) * h
-
-
-def _iterate(sets, oracle, tol):
-    """One active-set step for every running row; returns the (n,) mask of
-    rows that have converged (their state is final)."""
-    xp = xp_of(sets.t)
-    tau, xi_new = sets.solve()
-    has_neg = xp.any(sets.active & (xi_new < 0), axis=1)          # (n,)
-    xi_old, sets.xi = sets.xi, xi_new
-    if bool(xp.any(has_neg)):                                      # infeasible: step back, drop
-        xi, leave = _step_back(xi_old, xi_new, sets.active)
-        sets.xi = xp.where(has_neg[:, None], xi, xi_new)
-        sets.drop(has_neg, leave)
-    resid = sets.t - (sets.xi[:, None, :] @ sets.V)[:, 0, :]       # t - μ, (n, D)
-    z = oracle(_denoise(resid, sets.t))                            # most violated vertex
-    g = sets.overlaps(z)
-    gain = xp.sum(z * resid, axis=-1) - tau                        # <a_z, t - μ> - τ
-    converged = ~has_neg & ((gain <= tol * (1 + xp.max(xp.abs(sets.t), axis=-1)))
-                            | sets.contains(z, g))
-    add = ~has_neg & ~converged
-    if bool(xp.any(add)):
-        sets.insert(add, z, g)
-    return converged
-
-
-def sparsemap(t, oracle, max_iter=None, tol=1e-9):
+def sparsemap(t: Array, oracle: Oracle, max_iter: Optional[int] = None, tol: float = 1e-10,
+              init: Optional[Array] = None) -> SparseMAPResult:
     """Sparse structured distribution: SparseMAP by the active-set method.
 
     Solves ``argmin_{ξ ∈ Δ} ||A ξ - t||²`` (paper §4.2, Eq. 1) over the
@@ -245,13 +140,18 @@ def sparsemap(t, oracle, max_iter=None, tol=1e-9):
     Euclidean projection ``μ`` of ``t`` onto the marginal polytope
     ``conv{a_z}``, written as a sparse convex combination of vertices.
 
-    Each step solves the bordered KKT system ``[[0, 1ᵀ], [1, G]] [τ; ξ_S] =
-    [1; A_Sᵀ t]`` on the active set S (``G = A_Sᵀ A_S``).  If some ``ξ_S < 0``
-    it steps back to the first zero and drops that vertex; otherwise it calls
-    the oracle on ``t - μ`` and stops when ``<a_ẑ, t - μ> <= τ + tol·(1 +
-    ||t||_∞)`` (or ẑ is already active), else adds ẑ.  All examples iterate
-    together; finished ones stay frozen until half the working set is done,
-    then leave it.  Starts from ``oracle(t)``.
+    Each step solves the KKT system ``[[0, 1ᵀ], [1, G]] [τ; ξ_S] = [1; A_Sᵀ t]``
+    on the active set S (``G = A_Sᵀ A_S``).  If some ``ξ_S < 0`` it steps back
+    to the first zero and drops that vertex; otherwise it calls the oracle on
+    ``t - μ`` and stops when the best vertex gains at most ``tol · (1 +
+    max |t_i|)`` over the active ones, the max taken over the coordinates
+    where the active vertices differ (so a huge coordinate that no structure
+    changes does not loosen the test), else adds it.  All examples iterate
+    together.  Where the oracle has a ``warm_start`` (the cube and the budget
+    polytope) the active set starts from vertices spanning the face of the
+    closed-form projection and is certified by that same stopping test in
+    one iteration (docs/derivations.md §4.5); else it starts from
+    ``oracle(t)`` or ``init``.
 
     Parameters
     ----------
@@ -259,72 +159,165 @@ def sparsemap(t, oracle, max_iter=None, tol=1e-9):
     oracle : callable ``(n, D) -> (n, D)`` 0/1 maximizer, e.g.
         :func:`refimpl.bitvector_oracle` or :func:`refimpl.budget_oracle` (B).
     max_iter : iteration cap (default ``20 (D + 2)``); ``RuntimeError`` if hit.
-    tol : optimality tolerance, relative to ``1 + ||t||_∞``.  The marginals
-        are accurate to about ``1e-9 (1 + ||t||_∞)`` at the default: entries
-        that differ by many orders of magnitude (say ``|t_i| >= 1e7`` beside
-        O(1) entries) cannot be resolved by the solves, whose right-hand
-        sides add them up (docs/derivations.md §4.2).
+    tol : optimality tolerance (relative, see above).  Warm-started rows
+        have the closed-form marginals and a support spanning μ's minimal
+        face (except at ties between free coordinates); the plain active set
+        has marginals within about ``tol`` and may stop short of the face
+        (``spans_face`` says which rows).
+    init : optional (..., D) 0/1 starting vertices, each a vertex of the
+        polytope (not checked): run the plain active set from there (e.g. the
+        authors' random initial vertex).  Default: the oracle's warm start, or
+        ``oracle(t)``.
 
     Returns
     -------
     :class:`SparseMAPResult` with arrays in ``t``'s dtype and device (the
     solves run in float64).  Support rows come first; ``S`` is the largest
-    support size in the batch.
+    support size in the batch.  The result depends on each row alone: the
+    same ``t`` gives the same result bit for bit, and permuting the rows of
+    a batch permutes the result.
     """
     xp = check_scores(t, "t", allow_neg_inf=False)
+    _check_oracle(oracle)
     lead, D = t.shape[:-1], t.shape[-1]
-    t64 = t.reshape(-1, D).astype(np.float64)                      # (N, D)
+    t64 = t.reshape(-1, D).astype(np.float64, copy=False)                              # (N, D)
+    if init is not None and (not hasattr(init, "shape") or tuple(init.shape) != tuple(t.shape)):
+        raise ValueError(f"init must have the shape of t {tuple(t.shape)}, got "
+                         f"{tuple(init.shape) if hasattr(init, 'shape') else type(init).__name__}")
     max_iter = 20 * (D + 2) if max_iter is None else int(max_iter)
-    sets = _ActiveSets.start(t64, oracle(t64).astype(np.float64))
-    finished, n_iter = [], 0
-    while len(sets):
+    warm = getattr(oracle, "warm_start", None)
+    if init is None and warm is not None:
+        V, w, mu = warm(t64)
+        V, w = first_vertices(V, w / xp.sum(w, axis=1, keepdims=True))
+        ok = _certified(t64, oracle, tol, V, mu)
+        ws, n_iter = None, 1
+        if bool(xp.all(ok)):                          # the usual case: no indexing
+            parts = [(None, V, w, mu)]
+        else:                                          # not certified: iterate from a vertex
+            rest = ~ok
+            parts = [(xp.nonzero(ok)[0], V[ok], w[ok], mu[ok])]
+            ws = WorkingSet.start(t64[rest], V[rest, 0], V[rest, 0])
+            ws.ids = xp.nonzero(rest)[0]
+    else:
+        parts, n_iter = [], 0
+        origin = _first_vertex(oracle, t64, None)
+        first = origin if init is None else _first_vertex(oracle, t64, init)
+        ws = WorkingSet.start(t64, first, origin)
+    if ws is not None:
+        n_iter += _active_set(ws, oracle, tol, max_iter - n_iter, parts)
+    return _result(parts, t64.shape[0], lead, t.dtype, n_iter, oracle)
+
+
+def _certified(t, oracle, tol, V, mu):
+    """(n,) bool: is the decomposition of ``μ`` over ``V`` optimal?  The active
+    set's own stopping test with ``a_ref = V[:, 0]``: no vertex gains more than
+    the tolerance, ``<a_z - a_ref, t - μ> <= tol (1 + max |t_i|)``, the max over
+    the coordinates where the support or ``z`` differ (``0 < μ_i < 1``, or
+    ``z_i != a_ref,i``)."""
+    xp = xp_of(t)
+    ref = V[:, 0]
+    resid = t - mu
+    tabs = xp.abs(t)
+    touched = (mu > 0) & (mu < 1)
+    scale = 1 + xp.max(xp.where(touched, tabs, 0), axis=1)
+    z = oracle(tie_grid(resid, tol * scale, t.shape[1])).astype(t.dtype)
+    dz = z - ref
+    scale = 1 + xp.max(xp.where(touched | (dz != 0), tabs, 0), axis=1)
+    return xp.sum(dz * resid, axis=1) <= tol * scale
+
+
+def _active_set(ws, oracle, tol, max_iter, parts):
+    """Iterate ``ws`` to convergence, appending ``(ids, vertices, weights)``
+    of the finished rows to ``parts``; returns the iterations taken."""
+    xp = xp_of(ws.tp)
+    ws.xi_old = ws.xi
+    n_iter = 0
+    while len(ws):
         if n_iter >= max_iter:
+            rows = to_numpy(ws.ids[~ws.done])
             raise RuntimeError(f"sparsemap did not converge in max_iter={max_iter} active-set "
-                               f"iterations ({len(sets)} examples left); raise max_iter or tol")
-        converged = _iterate(sets, oracle, tol)
+                               f"iterations: {len(rows)} rows left (batch rows "
+                               f"{rows[:8].tolist()}{' ...' if len(rows) > 8 else ''}); "
+                               f"raise max_iter or tol")
+        n_done = _iterate(ws, oracle, tol)
         n_iter += 1
-        # A converged row stays converged (its state no longer changes), so the
-        # working set is compacted only once half of it has finished.
-        if 2 * int(xp.sum(converged)) >= len(sets):
-            finished.append(sets.take(converged))
-            sets = sets.take(~converged)
-    return _result(finished, t64.shape[0], lead, t.dtype, n_iter)
+        if 2 * n_done >= len(ws):                    # compact once half have finished
+            done = ws.take(ws.done)
+            V = (done.X + done.v[:, None, :]) * done.active[:, :, None]
+            w = xp.where(done.active, done.xi, 0)
+            parts.append((done.ids, V, w, _mix(V, w)))
+            ws = ws.take(~ws.done)
+            ws.xi_old = ws.xi
+    return n_iter
 
 
-def _result(finished, N, lead, dtype, n_iter):
-    """Gather the finished rows and compact them: support rows first,
-    ``S`` = the largest support in the batch."""
-    xp = xp_of(finished[0].V)
-    P, D = max(part.V.shape[1] for part in finished), finished[0].V.shape[2]
-    V, xi = xp.zeros((N, P, D)), xp.zeros((N, P))
-    for part in finished:
-        p = part.V.shape[1]
-        V[part.ids, :p], xi[part.ids, :p] = part.V, xp.where(part.active, part.xi, 0)
-    keep = xi > 0                                                  # (N, P)
-    S = max(int(xp.max(xp.sum(keep, axis=1))), 1)
-    order = xp.argsort(~keep, axis=1, kind="stable")[:, :S]       # support slots first
-    rows = xp.arange(N)[:, None]
-    keep = keep[rows, order]                                       # (N, S)
-    weights = xi[rows, order] * keep
-    vertices = V[rows, order] * keep[:, :, None]                   # (N, S, D)
-    marginals = (weights[:, None, :] @ vertices)[:, 0, :]
-    return SparseMAPResult(vertices=vertices.astype(dtype).reshape(lead + (S, D)),
-                           weights=weights.astype(dtype).reshape(lead + (S,)),
-                           marginals=marginals.astype(dtype).reshape(lead + (D,)),
-                           n_iter=n_iter)
+def _result(parts, N, lead, dtype, n_iter, oracle):
+    """Gather the finished rows; support slots first, ``S`` = the largest support."""
+    xp = xp_of(parts[0][1])
+    compact = parts[0][0] is None                     # the warm start, every row in order
+    parts = [p for p in parts if p[0] is None or len(p[0])]
+    if len(parts) == 1 and (compact or len(parts[0][0]) == N):
+        V, xi, mu = parts[0][1:]
+    else:
+        P, D = max(p[1].shape[1] for p in parts), parts[0][1].shape[2]
+        V, xi, mu = xp.zeros((N, P, D)), xp.zeros((N, P)), xp.zeros((N, D))
+        for ids, Vp, wp, mp in parts:
+            V[ids, :Vp.shape[1]], xi[ids, :Vp.shape[1]], mu[ids] = Vp, wp, mp
+    keep = xi > 0
+    n_support = xp.sum(keep, axis=1)                                          # (N,)
+    S = max(int(xp.max(n_support)), 1)
+    if compact and V.shape[1] == S:                    # support first already
+        weights, vertices = xi * keep, V
+    else:
+        order = xp.argsort(~keep, axis=1, kind="stable")[:, :S]              # support first
+        rows = xp.arange(N)[:, None]
+        keep = keep[rows, order]                                              # (N, S)
+        weights = xi[rows, order] * keep
+        vertices = V[rows, order] * keep[:, :, None]                          # (N, S, D)
+    D = vertices.shape[2]
+    spans = _spans_face(oracle, vertices, keep, n_support)
+    shape = lead + (S,)
+    return SparseMAPResult(
+        vertices=vertices.astype(dtype, copy=False).reshape(shape + (D,)),
+        weights=weights.astype(dtype, copy=False).reshape(shape),
+        marginals=mu.astype(dtype, copy=False).reshape(lead + (D,)),
+        n_iter=n_iter,
+        spans_face=None if spans is None else spans.reshape(lead))
 
 
-def sparsemap_vjp(result, grad_weights):
+def _mix(V, w):
+    """``μ = a_r + Σ_s ξ_s (a_s - a_r)`` with ``a_r = V[:, 0]``, an active
+    vertex: where all active vertices agree, ``μ_i`` is ``a_r,i`` exactly.
+    (n, P, D), (n, P) -> (n, D)."""
+    ref = V[:, 0, :]
+    diff = (V - ref[:, None, :]) * (w > 0)[:, :, None]
+    return ref + (w[:, None, :] @ diff)[:, 0, :]
+
+
+def _spans_face(oracle, vertices, support, n_support):
+    """(N,) bool: affine rank of the support (= its size - 1: the solver keeps
+    it affinely independent) equals the dimension of μ's minimal face."""
+    face_dim = getattr(oracle, "face_dim", None)
+    if face_dim is None:
+        return None
+    return n_support - 1 == face_dim(vertices, support)
+
+
+def sparsemap_vjp(result: SparseMAPResult, grad_weights: Array) -> Array:
     """Gradient w.r.t. ``t`` of ``Σ_z ξ_z g_z`` through the active set.
 
     On the support S the KKT system ``[[0, 1ᵀ], [1, G]] [τ; ξ_S] = [1; A_Sᵀ t]``
     holds with S fixed, so ``∂ξ_S/∂t = Q A_Sᵀ`` with ``Q`` the lower-right
-    block of ``[[0, 1ᵀ], [1, G]]⁻¹`` (``= G⁻¹ - G⁻¹11ᵀG⁻¹/(1ᵀG⁻¹1)`` when G is
-    invertible; design.md §3).  Hence the VJP
+    block of ``[[0, 1ᵀ], [1, G]]⁻¹``.  With ``K = G + 11ᵀ`` (positive definite
+    for an affinely independent S; any common translation of the vertices
+    gives the same Q)
 
-        ∂L/∂t = A_S Q g_S,
+        Q = K⁻¹ - K⁻¹11ᵀK⁻¹ / (1ᵀK⁻¹1),      ∂L/∂t = A_S Q g_S.
 
-    computed by solving the bordered system with right-hand side ``[0; g_S]``.
+    This is the derivative of SparseMAP restricted to conv(S).  It is the
+    derivative of SparseMAP itself where S spans μ's minimal face
+    (``result.spans_face``); then ``A_S Q A_Sᵀ`` is the projection onto the
+    face's tangent space, i.e. ``∂μ/∂t`` (docs/derivations.md §4.3).
 
     result : :class:`SparseMAPResult`; grad_weights : (..., S) cotangent of
     ``result.weights`` (entries on padding rows are ignored).
@@ -334,10 +327,31 @@ def sparsemap_vjp(result, grad_weights):
     xp = xp_of(result.vertices, grad_weights)
     V, w = result.vertices, result.weights
     lead, (S, D) = V.shape[:-2], V.shape[-2:]
-    V64 = V.reshape(-1, S, D).astype(np.float64)                   # (N, S, D)
-    support = w.reshape(-1, S) > 0
-    G = xp.einsum("nsd,nrd->nsr", V64, V64)
-    _, y = _solve(_bordered(G, support), support, 0.0,
-                  grad_weights.reshape(-1, S).astype(np.float64))
-    grad_t = xp.einsum("ns,nsd->nd", y, V64)                       # A_S Q g_S
+    V64 = V.reshape(-1, S, D).astype(np.float64, copy=False)                 # (N, S, D)
+    support = (w.reshape(-1, S) > 0).astype(np.float64)
+    g = grad_weights.reshape(-1, S).astype(np.float64) * support
+    U = _solve_gram(V, support, xp.stack([g, support], axis=2))              # K⁻¹[g, 1]
+    sigma = xp.sum(U[:, :, 0], axis=1) / xp.sum(U[:, :, 1], axis=1)
+    y = (U[:, :, 0] - sigma[:, None] * U[:, :, 1]) * support                 # Q g_S
+    grad_t = (y[:, None, :] @ V64)[:, 0, :]                                  # A_S Q g_S
     return grad_t.astype(w.dtype).reshape(lead + (D,))
+
+
+def _solve_gram(V, support, R):
+    """``K⁻¹ R`` on the support, ``K = X Xᵀ + 11ᵀ`` with X the vertices
+    less the first one, ``X Xᵀ = A Aᵀ - c1ᵀ - 1cᵀ + <a_1, a_1>`` (c = A a_1):
+    integer entries, exact in float32 (counts of at most D ones), solved in
+    float64 (LU, partial pivoting); padding slots are decoupled (identity)."""
+    xp = xp_of(R)
+    N, S = support.shape
+    A = V.reshape(N, S, -1).astype(np.float32)                       # 0/1: exact
+    v = A[:, :1, :]                                                   # translate by a_1
+    c = (A @ v.transpose(0, 2, 1))[:, :, 0]                           # <a_s, a_1>
+    G = A @ A.transpose(0, 2, 1) - c[:, :, None] - c[:, None, :] + c[:, :1, None]
+    mask = support[:, :, None] * support[:, None, :]
+    K = (G.astype(np.float64) + 1) * mask + xp.eye(S) * (1 - support)[:, None, :]
+    try:
+        return xp.linalg.solve(K, R)
+    except np.linalg.LinAlgError:
+        raise ValueError("sparsemap_vjp: the support vertices are affinely dependent (singular "
+                         "KKT system); pass a result of refimpl.sparsemap") from None

@@ -9,6 +9,7 @@ Derivation of the forward map and of its Jacobian: docs/derivations.md §1.
 """
 import numpy as np
 
+from ._types import Array
 from ._checks import check_array, check_axis, check_grad, check_row_maxima
 from .backend import xp_of
 
@@ -84,7 +85,7 @@ def _sparsemax_last(scores, validate=True, path=None):
     return probs.reshape(scores.shape)
 
 
-def sparsemax(scores, axis=-1):
+def sparsemax(scores: Array, axis: int = -1) -> Array:
     """Sparse probability distribution: the Euclidean projection onto the simplex.
 
     Solves ``argmin_{p ∈ Δ^K} ||p - scores||²`` along ``axis`` (paper §3, Eq. 3).
@@ -111,7 +112,7 @@ def sparsemax(scores, axis=-1):
     return xp.moveaxis(probs, -1, axis)
 
 
-def sparsemax_vjp(probs, grad, axis=-1):
+def sparsemax_vjp(probs: Array, grad: Array, axis: int = -1) -> Array:
     """Vector-Jacobian product of sparsemax, from its output.
 
     ``J = diag(u) - u uᵀ / |S|`` with ``u = 1[probs > 0]`` the support
@@ -151,7 +152,7 @@ def _check_support(probs, axis):
                          "output; pass the probabilities returned by sparsemax")
 
 
-def sparsemax_jacobian(probs, axis=-1):
+def sparsemax_jacobian(probs: Array, axis: int = -1) -> Array:
     """Dense Jacobian ``J = diag(u) - u uᵀ / |S|`` of sparsemax, for audits.
 
     probs : (..., K) along ``axis``; returns ``(..., K, K)`` with the two

@@ -7,8 +7,11 @@ bit-vector latents the scores ``s_z = <a_z, t>`` of all 2^D assignments are
 never built: :func:`kbest_bitvectors` finds the k largest directly.
 Derivations: docs/derivations.md §2–3.
 """
+from typing import Tuple
+
 import numpy as np
 
+from ._types import Array
 from ._checks import check_array, check_axis, check_k, check_row_maxima, check_scores
 from .backend import xp_of
 from .sparsemax import _sparsemax_last, sparsemax, sparsemax_vjp
@@ -26,7 +29,7 @@ def _topk_mask(scores, k):
     return mask
 
 
-def topk_sparsemax(scores, k, axis=-1):
+def topk_sparsemax(scores: Array, k: int, axis: int = -1) -> Array:
     """Sparse projection onto the simplex with at most k nonzeros (paper §4.1).
 
     Solves ``argmin_{p ∈ Δ^K, ||p||_0 <= k} ||p - scores||²``, a non-convex
@@ -51,7 +54,7 @@ def topk_sparsemax(scores, k, axis=-1):
     return xp.moveaxis(_sparsemax_last(masked, validate=False), -1, axis)
 
 
-def topk_sparsemax_vjp(probs, grad, axis=-1):
+def topk_sparsemax_vjp(probs: Array, grad: Array, axis: int = -1) -> Array:
     """VJP of top-k sparsemax, from its output.
 
     ``top_k`` has Jacobian ``diag(m)`` (m the top-k indicator) and the
@@ -90,7 +93,7 @@ def _k_smallest_subset_sums(costs, k):
     return sums, subsets
 
 
-def kbest_bitvectors(t, k):
+def kbest_bitvectors(t: Array, k: int) -> Tuple[Array, Array]:
     """The k highest-scoring bit-vectors ``z ∈ {0,1}^D`` under ``s_z = <a_z, t>``.
 
     Parameters

@@ -1,5 +1,7 @@
-"""Shared fixtures: the ``xp`` fixture runs a test on NumPy and on CuPy; the data
-directory for tests is ``../shared/data`` unless REFIMPL_DATA says otherwise.
+"""Shared fixtures: the ``xp`` fixture runs a test on NumPy and on CuPy;
+``data_dir`` is the directory of the real datasets named by the environment
+variable REFIMPL_DATA (docs/data.md), and a test that needs it is skipped,
+saying why, when it is unset or empty.  Tests never download.
 
 The cupy half runs on the real CuPy where a GPU is visible and otherwise on
 the strict CPU stand-in ``tests/strict_cupy`` (arrays that refuse what CuPy
@@ -17,8 +19,6 @@ import pytest
 
 from refimpl.backend import cupy_available, get_xp
 
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("REFIMPL_DATA", str((ROOT / ".." / "shared" / "data").resolve()))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import strict_cupy  # noqa: E402  (tests/strict_cupy, the CPU stand-in)
@@ -69,7 +69,12 @@ def rng():
 
 @pytest.fixture(scope="session")
 def data_dir():
-    path = Path(os.environ["REFIMPL_DATA"])
+    value = os.environ.get("REFIMPL_DATA", "")
+    if not value:
+        pytest.skip("needs the real Fashion-MNIST/MNIST files: set REFIMPL_DATA=DIR with "
+                    "DIR/fashion-mnist/ and DIR/mnist/ (docs/data.md)")
+    path = Path(value).expanduser()
     if not (path / "fashion-mnist").is_dir():
-        pytest.skip(f"datasets not found under {path} (set REFIMPL_DATA)")
+        pytest.skip(f"needs the real datasets: REFIMPL_DATA={value} has no fashion-mnist/ folder "
+                    f"(docs/data.md)")
     return path

@@ -174,7 +174,7 @@ def test_importing_refimpl_does_not_import_cupy(tmp_path):
 
 
 def test_public_api_is_exported():
-    """design.md §2: the public names are re-exported from refimpl/__init__.py."""
+    """The public names are re-exported from refimpl/__init__.py."""
     import refimpl
     for name in ["get_xp", "xp_of", "to_numpy", "sparsemax", "sparsemax_vjp", "sparsemax_jacobian",
                  "topk_sparsemax", "topk_sparsemax_vjp", "kbest_bitvectors", "sparsemap",

@@ -283,6 +283,7 @@ def cli_runs(tmp_path_factory, data_dir):
     return runs
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 @pytest.mark.parametrize("method", bitvae.METHODS)
 def test_smoke_run_writes_every_output_and_learns(cli_runs, method):
     out = cli_runs[method]
@@ -310,6 +311,7 @@ def test_smoke_run_writes_every_output_and_learns(cli_runs, method):
         assert 1 <= test["calls_p10"] <= test["calls_p90"] <= (10 if method == "topk" else 33)
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 def test_plot_overlays_runs(cli_runs, tmp_path):
     from experiments.plot import main as plot_main
     assert plot_main([str(cli_runs["topk"]), str(cli_runs["sfe"]),
@@ -334,6 +336,7 @@ def _assert_identical(a, b, where):
         assert a == b, where
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 @pytest.mark.parametrize("method", RESUMED)
 def test_resume_reproduces_an_uninterrupted_run(cli_runs, method):
     a, b = cli_runs[method], cli_runs[f"{method}-resumed"]
@@ -350,6 +353,7 @@ def test_resume_reproduces_an_uninterrupted_run(cli_runs, method):
     assert ta == tb
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 def test_resume_with_other_options_exits_2(capsys, cli_runs, data_dir, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(cli_runs["topk"], out)
@@ -406,6 +410,7 @@ def test_corrupt_data_file_exits_2_with_one_line(capsys, tmp_path, data_dir):
     assert "t10k-images-idx3-ubyte.gz" in err[0] and "Traceback" not in err[0]
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 def test_non_finite_loss_stops_with_status_1_and_keeps_the_checkpoint(capsys, tmp_path,
                                                                       data_dir, monkeypatch):
     calls = {"n": 0}

@@ -1,7 +1,7 @@
 """The cross-checker (refimpl.crosscheck): it passes correct implementations and
 fails each deliberately broken one on the case that exposes it.
 
-The broken sparsemax variants below are the defects of design.md §5, written
+The broken sparsemax variants below are defects of kinds seen in real implementations, written
 the way they occur in practice (a textbook sort-and-cumsum forward with one
 thing wrong, or a VJP with one thing wrong)."""
 import json
@@ -100,17 +100,11 @@ def test_refimpl_passes(mapping):
     assert not failed, report.table()
 
 
-# refimpl.sparsemap stops at its first vertex when |t| is huge: its stopping
-# test is relative to max|t| (tol * (1 + ||t||_inf)), so at 1e30 every gain
-# counts as converged.  Reproducer:
-#   sparsemap(np.array([[1e30, -1e30, 0.25, 0.75]]), bitvector_oracle).marginals
-#   -> [[1, 0, 1, 1]], exact [[1, 0, 0.25, 0.75]].
-_REFIMPL_KNOWN_FAILURES = {"sparsemap_bits/f64/huge", "sparsemap_bits/f32/huge"}
+_REFIMPL_KNOWN_FAILURES: set = set()
 
 
-@pytest.mark.xfail(strict=True, reason="refimpl.sparsemap: tolerance relative to max|t| "
-                                       "(remove this marker and the set above once fixed)")
 def test_refimpl_sparsemap_huge_magnitudes():
+    """Exact at every magnitude: [1e30, -1e30, .25, .75] -> [1, 0, .25, .75]."""
     report = cc.run("sparsemap_bits", "refimpl", cases=["*/huge"])
     assert report.ok, report.table()
 

@@ -1,10 +1,17 @@
 """experiments.data: verified IDX loading, search order, and clear errors.
 
-Uses the real files under shared/data (the ``data_dir`` fixture).  Nothing
-here touches the network: the autouse fixture makes any download fail the test.
+The loader tests run on small generated IDX label files whose checksums are
+put in ``data.FILES`` for the test (the ``generated`` fixture), so they need
+no dataset.  The tests of the published facts use the real files (the
+``data_dir`` fixture: ``REFIMPL_DATA``) and skip, saying so, without them.
+Nothing here touches the network: the autouse fixture makes any download
+fail the test.
 """
 import gzip
+import hashlib
+import io
 import re
+from pathlib import Path
 import urllib.request
 
 import numpy as np
@@ -36,6 +43,30 @@ def isolated(tmp_path, monkeypatch):
     return tmp_path
 
 
+def _gzip_idx_labels(labels, filename):
+    """The bytes of a gzip file (with FNAME and a fixed MTIME, as the official ones) of IDX labels."""
+    raw = bytes([0, 0, 8, 1]) + len(labels).to_bytes(4, "big") + bytes(labels)
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename=filename[:-3], mode="wb", fileobj=buf, mtime=0x59A7E9F3) as f:
+        f.write(raw)
+    return buf.getvalue(), raw
+
+
+@pytest.fixture
+def generated(tmp_path, monkeypatch):
+    """A data root with generated Fashion-MNIST label files; ``data.FILES`` gets their facts."""
+    root = tmp_path / "generated"
+    rng = np.random.default_rng(0)
+    for split, n in (("test", 10000), ("train", 60000)):
+        filename = data.file_name("labels", split)
+        gz, raw = _gzip_idx_labels(rng.integers(0, 10, n, dtype=np.uint8).tolist(), filename)
+        info = data.FileInfo(len(gz), hashlib.md5(gz).hexdigest(), hashlib.sha256(gz).hexdigest(),
+                             len(raw), hashlib.sha256(raw).hexdigest())
+        monkeypatch.setitem(data.FILES, (NAME, filename), info)
+        _place(root, gz, filename=filename)
+    return root
+
+
 def _place(root, content, name=NAME, filename=SMALL):
     """Write ``content`` to ``root/name/filename``; return its path."""
     path = root / name / filename
@@ -58,16 +89,15 @@ def _pixel_stats(images):
 
 # --------------------------------------------------------------------------- table and content
 
-def test_table_matches_sources_md(data_dir):
-    sources = data_dir / "SOURCES.md"
-    if not sources.exists():
-        pytest.skip("SOURCES.md not found next to the data")
-    rows = re.findall(r"^\| ([\w-]+)/(\S+\.gz) \| (\d+) \| ([0-9a-f]{32}) \| ([0-9a-f]{64}) \|",
-                      sources.read_text(), flags=re.M)
+def test_table_matches_docs_data_md():
+    """docs/data.md lists the same sizes and checksums as the loader checks."""
+    doc = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+    rows = re.findall(r"^\| `([\w-]+)/(\S+\.gz)` \| ([\d,]+) \| `([0-9a-f]{32})` \| `([0-9a-f]{64})` \|",
+                      doc.read_text(encoding="utf-8"), flags=re.M)
     assert len(rows) == 8
     for name, filename, size, md5, sha in rows:
         info = data.FILES[(name, filename)]
-        assert (info.size, info.md5, info.sha256) == (int(size), md5, sha)
+        assert (info.size, info.md5, info.sha256) == (int(size.replace(",", "")), md5, sha)
 
 
 def test_fashion_mnist_matches_published_facts(data_dir):
@@ -91,39 +121,60 @@ def test_mnist_matches_published_facts(data_dir):
     assert round(mean, 4) == 0.1307 and round(std, 4) == 0.3081
 
 
-def test_arrays_are_read_only_and_cached(data_dir):
-    a = data.load_labels(NAME, "test", data_dir=data_dir)
-    assert data.load_labels(NAME, "test", data_dir=data_dir) is a
+def test_arrays_are_read_only_and_cached(generated):
+    a = data.load_labels(NAME, "test", data_dir=generated)
+    assert data.load_labels(NAME, "test", data_dir=generated) is a
     with pytest.raises(ValueError):
         a[0] = 1
     assert a.copy().flags.writeable
 
 
-def test_env_var_is_used_without_data_dir(data_dir, monkeypatch):
-    monkeypatch.setenv("REFIMPL_DATA", str(data_dir))
-    assert data.resolve_file(NAME, SMALL) == data_dir / NAME / SMALL
+def test_generated_images_file_loads_with_its_shape_and_values(tmp_path, monkeypatch):
+    """A generated IDX image file (the official layout and count) parses to the pixels written."""
+    n = data.N_EXAMPLES["test"]
+    pixels = (np.arange(n)[:, None, None] + np.arange(28)[None, :, None] * 3
+              + np.arange(28)[None, None, :]) % 256
+    raw = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28)) \
+        + pixels.astype(np.uint8).tobytes()
+    filename = data.file_name("images", "test")
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename=filename[:-3], mode="wb", fileobj=buf, mtime=0) as f:
+        f.write(raw)
+    gz = buf.getvalue()
+    monkeypatch.setitem(data.FILES, (NAME, filename), data.FileInfo(
+        len(gz), hashlib.md5(gz).hexdigest(), hashlib.sha256(gz).hexdigest(),
+        len(raw), hashlib.sha256(raw).hexdigest()))
+    _place(tmp_path, gz, filename=filename)
+    images = data.load_images(NAME, "test", data_dir=tmp_path)
+    assert images.shape == (n, 28, 28) and images.dtype == np.uint8 and not images.flags.writeable
+    assert np.array_equal(images, pixels)
 
 
-def test_verification_is_cached(data_dir):
-    data.resolve_file(NAME, SMALL, data_dir=data_dir)
+def test_env_var_is_used_without_data_dir(generated, monkeypatch):
+    monkeypatch.setenv("REFIMPL_DATA", str(generated))
+    assert data.resolve_file(NAME, SMALL) == generated / NAME / SMALL
+
+
+def test_verification_is_cached(generated):
+    data.resolve_file(NAME, SMALL, data_dir=generated)
     hits = data._verify_cached.cache_info().hits
-    data.resolve_file(NAME, SMALL, data_dir=data_dir)
+    data.resolve_file(NAME, SMALL, data_dir=generated)
     assert data._verify_cached.cache_info().hits == hits + 1
 
 
-def test_unknown_names_raise_value_error(data_dir):
+def test_unknown_names_raise_value_error(generated):
     with pytest.raises(ValueError, match="dataset name must be one of"):
-        data.load_images("cifar10", "train", data_dir=data_dir)
+        data.load_images("cifar10", "train", data_dir=generated)
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
-        data.load_labels(NAME, "valid", data_dir=data_dir)
+        data.load_labels(NAME, "valid", data_dir=generated)
     with pytest.raises(ValueError, match="unknown file"):
-        data.resolve_file(NAME, "other.gz", data_dir=data_dir)
+        data.resolve_file(NAME, "other.gz", data_dir=generated)
 
 
 # --------------------------------------------------------------------------- search order
 
-def test_search_order(data_dir, isolated, monkeypatch):
-    good = _official(data_dir)
+def test_search_order(generated, isolated, monkeypatch):
+    good = _official(generated)
     explicit = _place(isolated / "explicit", good)
     env = _place(isolated / "env", good)
     xdg = _place(isolated / "xdg" / "refimpl", good)
@@ -165,10 +216,10 @@ def test_nonexistent_data_dir_is_an_error(isolated):
 
 # --------------------------------------------------------------------------- bad copies
 
-def test_truncated_copy_is_an_error_naming_it(data_dir, isolated, monkeypatch):
-    good = _official(data_dir)
+def test_truncated_copy_is_an_error_naming_it(generated, isolated, monkeypatch):
+    good = _official(generated)
     bad = _place(isolated / "explicit", good[: len(good) // 2])
-    monkeypatch.setenv("REFIMPL_DATA", str(data_dir))  # a good copy later in the order is not used
+    monkeypatch.setenv("REFIMPL_DATA", str(generated))  # a good copy later in the order is not used
     with pytest.raises(DataError) as err:
         data.load_labels(NAME, "test", data_dir=isolated / "explicit")
     msg = str(err.value)
@@ -176,8 +227,8 @@ def test_truncated_copy_is_an_error_naming_it(data_dir, isolated, monkeypatch):
     assert "delete or replace" in msg and "--data-dir" in msg and "REFIMPL_DATA" in msg
 
 
-def test_corrupted_copy_is_an_error_naming_it(data_dir, isolated):
-    good = bytearray(_official(data_dir, filename="train-labels-idx1-ubyte.gz"))
+def test_corrupted_copy_is_an_error_naming_it(generated, isolated):
+    good = bytearray(_official(generated, filename="train-labels-idx1-ubyte.gz"))
     good[len(good) // 2] ^= 0xFF
     bad = _place(isolated / "env", bytes(good), filename="train-labels-idx1-ubyte.gz")
     with pytest.raises(DataError) as err:
@@ -186,7 +237,7 @@ def test_corrupted_copy_is_an_error_naming_it(data_dir, isolated):
     assert str(bad) in msg and "wrong checksum" in msg and "delete or replace" in msg
 
 
-def test_corrupt_cache_is_not_reused(data_dir, isolated):
+def test_corrupt_cache_is_not_reused(generated, isolated):
     bad = _place(isolated / "xdg" / "refimpl", b"not a gzip file")
     with pytest.raises(DataError) as err:
         data.resolve_file(NAME, SMALL)
@@ -194,9 +245,9 @@ def test_corrupt_cache_is_not_reused(data_dir, isolated):
     assert str(bad) in msg and "delete the corrupt cached file" in msg and "allow download" in msg
 
 
-def test_repackaged_gzip_header_is_accepted(data_dir, isolated):
+def test_repackaged_gzip_header_is_accepted(generated, isolated):
     """Debian strips the gzip file name and resets MTIME; the IDX data is unchanged."""
-    official = _official(data_dir)
+    official = _official(generated)
     assert official[3] == 0x08  # FLG.FNAME: a zero-terminated name follows the 10-byte header
     body = official[official.index(b"\0", 10) + 1:]
     repacked = official[:3] + b"\x00" + b"\x12\x34\x56\x78" + official[8:10] + body
@@ -204,7 +255,7 @@ def test_repackaged_gzip_header_is_accepted(data_dir, isolated):
     assert gzip.decompress(repacked) == gzip.decompress(official)
     assert data.resolve_file(NAME, SMALL) == path
     labels = data.load_labels(NAME, "test")
-    assert np.array_equal(labels, data.load_labels(NAME, "test", data_dir=data_dir))
+    assert np.array_equal(labels, data.load_labels(NAME, "test", data_dir=generated))
 
 
 # --------------------------------------------------------------------------- download (faked)
@@ -217,21 +268,21 @@ def _fake_download(content, urls):
     return fake
 
 
-def test_download_goes_to_cache_atomically(data_dir, isolated, monkeypatch):
+def test_download_goes_to_cache_atomically(generated, isolated, monkeypatch):
     urls = []
-    monkeypatch.setattr(data, "_download", _fake_download(_official(data_dir), urls))
+    monkeypatch.setattr(data, "_download", _fake_download(_official(generated), urls))
     path = data.resolve_file(NAME, SMALL, download=True)
     assert path == isolated / "xdg" / "refimpl" / NAME / SMALL
-    assert path.read_bytes() == _official(data_dir)
+    assert path.read_bytes() == _official(generated)
     assert urls == [data.MIRRORS[NAME][0] + SMALL]
     assert [p.name for p in path.parent.iterdir()] == [SMALL]  # no temp file left
 
 
-def test_corrupt_cache_is_replaced_when_download_allowed(data_dir, isolated, monkeypatch):
+def test_corrupt_cache_is_replaced_when_download_allowed(generated, isolated, monkeypatch):
     bad = _place(isolated / "xdg" / "refimpl", b"corrupt")
-    monkeypatch.setattr(data, "_download", _fake_download(_official(data_dir), []))
+    monkeypatch.setattr(data, "_download", _fake_download(_official(generated), []))
     assert data.resolve_file(NAME, SMALL, download=True) == bad
-    assert bad.read_bytes() == _official(data_dir)
+    assert bad.read_bytes() == _official(generated)
 
 
 def test_bad_download_is_rejected(isolated, monkeypatch):

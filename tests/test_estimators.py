@@ -142,8 +142,8 @@ def finite_differences(model, dist, eps=1e-6):
                 q = [a.copy() for a in params]
                 q[i][j] += sign * eps
                 f, pi, _ = model.objective(q, dist)
-                assert np.array_equal(pi > 0, support), \
-                    f"support changes within ±eps at parameter {i}{j}: pick another point"
+                if not np.array_equal(pi > 0, support):
+                    raise NotAQualifyingPoint(f"support changes within ±eps at parameter {i}{j}")
                 vals.append(f)
             g[j] = (vals[0] - vals[1]) / (2 * eps)
         grads.append(g)
@@ -151,12 +151,16 @@ def finite_differences(model, dist, eps=1e-6):
 
 
 # ====================================================== deterministic methods
-@pytest.mark.parametrize("key", sorted(DETERMINISTIC))
-def test_deterministic_gradient_matches_finite_differences(xp, key):
+class NotAQualifyingPoint(Exception):
+    """The test point is too close to a kink (the support changes within ±eps) or too sparse."""
+
+
+def check_deterministic_gradient(xp, key, seed):
+    """The estimator's value, calls, distribution, entropy and gradient at one random
+    point against the independent NumPy objective and its central differences.
+    Raises :class:`NotAQualifyingPoint` when the point cannot be differenced."""
     latent, options, dist = DETERMINISTIC[key]
-    # seed 2: a point where the SparseMAP active-set path is stable within ±eps
-    # (at ~10% of random points it is not: see the note in the module docstring)
-    model = Model(xp, latent, seed=2, scale=1.5)
+    model = Model(xp, latent, seed=seed, scale=1.5)
     est = make_estimator(estimator_name(key), latent, **options)
     assert est.deterministic and est.latent == latent
     out = est(model.scores(), model.loss_fn)
@@ -165,8 +169,8 @@ def test_deterministic_gradient_matches_finite_differences(xp, key):
 
     f0, pi, loss = model.objective(model.numpy_params(), dist)
     nnz = (pi > 0).sum(axis=1)
-    if key not in ("dense", "exact"):
-        assert nnz.max() >= 2, "test point too sparse to be informative"
+    if key not in ("dense", "exact") and nnz.max() < 2:
+        raise NotAQualifyingPoint("too sparse to be informative")
     assert out.surrogate.item() == pytest.approx(f0, rel=1e-10, abs=1e-12)
     np.testing.assert_allclose(to_numpy(out.loss), (pi * loss).sum(axis=1), rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(to_numpy(out.calls), nnz)
@@ -185,7 +189,25 @@ def test_deterministic_gradient_matches_finite_differences(xp, key):
     numeric = finite_differences(model, dist)
     for (name, p), g in zip(model.enc.named_parameters("enc") + model.dec.named_parameters("dec"),
                             numeric):
-        np.testing.assert_allclose(to_numpy(p.grad), g, rtol=1e-5, atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(to_numpy(p.grad), g, rtol=1e-5, atol=1e-8,
+                                   err_msg=f"{name} at seed {seed}")
+
+
+GRADIENT_SEEDS = range(100, 108)      # random points, not chosen by hand
+MIN_QUALIFYING = 6                    # of 8: the others may sit within eps of a kink
+
+
+@pytest.mark.parametrize("key", sorted(DETERMINISTIC))
+def test_deterministic_gradient_matches_finite_differences(xp, key):
+    qualified = []
+    for seed in GRADIENT_SEEDS:
+        try:
+            check_deterministic_gradient(xp, key, seed)
+        except NotAQualifyingPoint:
+            continue
+        qualified.append(seed)
+    assert len(qualified) >= MIN_QUALIFYING, (
+        f"only seeds {qualified} of {list(GRADIENT_SEEDS)} were away from a kink")
 
 
 @pytest.mark.parametrize("key", sorted(DETERMINISTIC))

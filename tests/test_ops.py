@@ -134,6 +134,7 @@ UNARY = {
     "logsumexp_keepdims": (lambda a: ops.logsumexp(a, axis=1, keepdims=True), randn),
     "gaussian_kl_mu": (lambda a: ops.gaussian_kl(a, _LOGVAR), randn),
     "bernoulli_ll": (lambda a: ops.bernoulli_log_likelihood(a, _BERNOULLI_X), randn),
+    "bernoulli_entropy": (ops.bernoulli_entropy, lambda xp, rng, *s: xp.asarray(rng.standard_normal(s) * 4)),
     "cross_entropy": (lambda a: ops.cross_entropy(a, np.array([[0, 3, 1], [2, 2, 0], [1, 0, 3]])),
                       randn),
     "cross_entropy_axis1": (lambda a: ops.cross_entropy(a, np.array([[0, 2, 1, 2], [2, 2, 0, 1],
@@ -365,3 +366,22 @@ def test_getitem_repeated_indices_accumulate():
     leaf = Tensor(np.arange(4.0), requires_grad=True)
     leaf[np.array([1, 1, 3, 1])].sum().backward()
     np.testing.assert_array_equal(leaf.grad, [0.0, 3.0, 0.0, 1.0])
+
+
+def test_bernoulli_entropy_value_against_the_definition(xp):
+    """Σ_i -p log p - (1-p) log(1-p) with p = σ(t); finite where σ rounds to 0 or 1."""
+    t = np.array([[-40.0, -3.0, 0.0, 0.5, 7.0, 40.0]])
+    p = 1 / (1 + np.exp(-t))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = np.nan_to_num(-p * np.log(p)) + np.nan_to_num(-(1 - p) * np.log1p(-p))
+    out = to_numpy(ops.bernoulli_entropy(Tensor(xp.asarray(t))).data)
+    np.testing.assert_allclose(out, h.sum(axis=-1), rtol=1e-12)
+
+
+def test_sparsemax_loss_lives_in_nets_losses(xp, rng):
+    from nets import losses
+    s = randn(xp, rng, 4, 5)
+    y = np.array([0, 3, 3, 1])
+    check_op(lambda a: losses.sparsemax_loss(a, y), (s,))
+    assert ops.sparsemax_loss is losses.sparsemax_loss
+

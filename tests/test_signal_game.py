@@ -229,6 +229,7 @@ def test_features_file_runs(tmp_path):
     assert cfg["n_images"] == 40 and cfg["n_features"] == 20 and cfg["n_data_concepts"] == 10
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 @pytest.mark.parametrize("method", ["sfe-01", "sparsemax"])
 def test_resume_equals_uninterrupted(method, tmp_path):
     full = _run(tmp_path, method, name="full", steps=60)

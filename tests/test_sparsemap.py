@@ -478,8 +478,10 @@ def test_sparsemap_bad_t(xp, bad, exc):
 
 
 def test_sparsemap_max_iter(xp):
-    with pytest.raises(RuntimeError, match="max_iter"):
-        sparsemap(xp.asarray(np.array([0.3, 0.6, 0.2])), bitvector_oracle, max_iter=1)
+    t = xp.asarray(np.array([[0.3, 0.6, 0.2], [2.0, -1.0, 3.0]]))
+    with pytest.raises(RuntimeError, match=r"max_iter=1 .*1 rows left \(batch rows \[0\]\)"):
+        sparsemap(t, bitvector_oracle, max_iter=1,
+                  init=xp.asarray(np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]])))
 
 
 def test_sparsemap_vjp_bad_grad(xp):

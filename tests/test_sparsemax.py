@@ -10,7 +10,9 @@
   drawn away from the kinks;
 * bad input, dtype and purity.
 
-Tolerance against the exact result: ``|ours - exact| <= 8 K eps(dtype)``.
+Tolerance against the exact result: the threshold's own rounding,
+``4 eps (1 + Σ_S |z - max z|)(1 + √|S|)/|S|`` per row (``_references``), plus an
+exact check of the support and k*; dyadic inputs must match exactly.
 """
 import warnings
 from fractions import Fraction
@@ -24,7 +26,7 @@ from refimpl import sparsemax, sparsemax_jacobian, sparsemax_vjp
 from refimpl.backend import to_numpy
 from refimpl.gradcheck import check_vjp, numerical_jacobian
 
-from _references import NEG_INF, exact_sparsemax_row
+from _references import NEG_INF, assert_rows_match_exact, exact_sparsemax_row
 
 DTYPES = [np.float32, np.float64]
 HYP = settings(max_examples=60, deadline=None,
@@ -48,25 +50,47 @@ def exact_sparsemax(a, axis=-1):
 
 
 def tol_for(K, dtype):
+    """A loose bound, for the property checks only (sums, shift/permutation of two
+    float outputs); comparisons with the exact result use ``assert_exact``."""
     return 8 * K * np.finfo(dtype).eps
 
 
 def assert_exact(ours, scores, axis=-1):
-    """ours (any backend) matches the exact sparsemax of scores (NumPy) along axis."""
+    """ours (any backend) matches the exact sparsemax of scores (NumPy) along axis:
+    values within the threshold's rounding, the support and k* exactly
+    (``_references.assert_rows_match_exact``).  Returns the rounded exact result."""
     ours = to_numpy(ours)
     scores = np.asarray(scores)
     assert ours.dtype == scores.dtype
     assert ours.shape == scores.shape
-    ref = exact_sparsemax(scores, axis=axis)
-    K = scores.shape[axis]
-    err = np.abs(ours.astype(np.float64) - ref)
     assert np.all(np.isfinite(ours)), "non-finite output"
-    assert err.max() <= tol_for(K, scores.dtype), (
-        f"max |ours - exact| = {err.max():.3g} > {tol_for(K, scores.dtype):.3g}")
-    # exact zeros outside the support, and -inf entries get probability exactly 0
-    assert np.all(ours[scores == -np.inf] == 0)
-    assert np.all(ours[ref == 0] <= tol_for(K, scores.dtype))
-    return ref
+    rows = np.moveaxis(scores, axis, -1).reshape(-1, scores.shape[axis])
+    exact = [exact_sparsemax_row(r) for r in rows]
+    assert_rows_match_exact(np.moveaxis(ours, axis, -1).reshape(rows.shape), rows, exact,
+                            np.finfo(scores.dtype).eps)
+    ref = np.array([[float(v) for v in e] for e in exact]).reshape(np.moveaxis(scores, axis, -1).shape)
+    return np.moveaxis(ref, -1, axis)
+
+
+def test_tolerance_catches_a_small_wrong_answer():
+    """Moving 0.05 (or 1e-4) of probability between two support entries fails, at K = 65536."""
+    K = 65536
+    s = np.zeros(K, dtype=np.float32)
+    s[:4] = [1.0, 0.9, 0.8, 0.7]                                # support of 4: p = .4, .3, .2, .1
+    good = np.zeros(K, dtype=np.float32)
+    good[:4] = [0.4, 0.3, 0.2, 0.1]
+    assert_exact(good, s)
+    for delta in (0.05, 1e-4):
+        bad = good.copy()
+        bad[0] += delta
+        bad[1] -= delta
+        with pytest.raises(AssertionError, match="tolerance"):
+            assert_exact(bad, s)
+    leaked = good.copy()
+    leaked[0] -= 1e-7
+    leaked[10] = 1e-7                                            # a tiny entry off the support
+    with pytest.raises(AssertionError, match="support"):
+        assert_exact(leaked, s)
 
 
 def test_exact_reference_self_check():
@@ -127,8 +151,10 @@ def test_exact_ties_at_threshold(xp, rng, dtype):
         row, expected = dyadic_tie_row(rng, k, int(rng.integers(1, 5)), int(rng.integers(0, 5)))
         s = row.astype(dtype)
         assert np.array_equal(s.astype(np.float64), row)            # exactly representable
-        ref = assert_exact(sparsemax(xp.asarray(s)), s)
+        out = to_numpy(sparsemax(xp.asarray(s)))
+        ref = assert_exact(out, s)
         assert np.array_equal(ref, expected)                        # reference agrees with construction
+        assert np.array_equal(out, expected)     # dyadic: every sum and tau exact, so p is exact
         assert exact_threshold(row) == Fraction(float(row[np.argmax(expected)])) - Fraction(
             float(expected.max()))
 
@@ -145,7 +171,7 @@ def test_exact_ties_at_threshold_long_rows(xp, rng, dtype):
     s = np.array(rows).astype(dtype)
     out = to_numpy(sparsemax(xp.asarray(s)))
     assert_exact(out, s)
-    assert np.abs(out - np.array(exps)).max() <= tol_for(s.shape[1], dtype)
+    assert np.array_equal(out, np.array(exps))                      # dyadic: exact
 
 
 @st.composite
@@ -164,7 +190,7 @@ def test_hypothesis_exact_ties_at_threshold(xp, case, dtype):
     s = row.astype(dtype)
     out = to_numpy(sparsemax(xp.asarray(s)))
     assert_exact(out, s)
-    assert np.abs(out - expected).max() <= tol_for(s.size, dtype)
+    assert np.array_equal(out, expected)                            # dyadic: exact
 
 
 # --------------------------------------------------- all-equal, K = 1, huge
@@ -219,12 +245,14 @@ def test_huge_magnitude_hand_cases(xp):
              ([-1e30, -1e30 + 2 ** 47, -1e30], [0, 1, 0], np.float64),
              ([1e8, 1e8, -1e8], [0.5, 0.5, 0], np.float32),
              ([1e8, 1e8 - 8, 0.0], [1, 0, 0], np.float32),
-             ([1e8 + 0.5, 1e8 + 0.25], [0.5, 0.5], np.float64)]      # differences 0.25 < 1
+             ([1e8 + 0.5, 1e8 + 0.25], [0.625, 0.375], np.float64)]  # differences 0.25 < 1
     for s, expected, dtype in cases:
         s = np.array(s, dtype=dtype)
         out = to_numpy(sparsemax(xp.asarray(s)))
         assert out.dtype == dtype
-        np.testing.assert_allclose(out, exact_sparsemax(s), atol=tol_for(s.size, dtype), rtol=0)
+        assert_exact(out, s)
+        np.testing.assert_array_equal(out, exact_sparsemax(s))      # differences are dyadic: exact
+        np.testing.assert_array_equal(out, expected)
     np.testing.assert_allclose(to_numpy(sparsemax(xp.asarray(np.array([1e8 + 0.5, 1e8, 1e8 - 0.25])))),
                                [0.75, 0.25, 0.0], atol=1e-8)
 

@@ -150,6 +150,7 @@ def warm_dir(tmp_path_factory, data_dir):
     return out
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 @pytest.mark.parametrize("method", ssvae.METHODS)
 def test_smoke_every_method_loss_decreases(method, tmp_path, data_dir, warm_dir):
     out = tmp_path / method
@@ -170,6 +171,7 @@ def test_smoke_every_method_loss_decreases(method, tmp_path, data_dir, warm_dir)
     assert test["best_epoch"] in (1, 2, 3) and "test_acc" in test
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 def test_warm_start_loads_the_labelled_model(warm_dir):
     rng = np.random.default_rng(0)
     model = ssvae.SSVAE(rng)
@@ -179,6 +181,7 @@ def test_warm_start_loads_the_labelled_model(warm_dir):
         np.testing.assert_array_equal(p.data, saved[name])
 
 
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 @pytest.mark.parametrize("method", ["sfe", "sparsemax"])
 def test_resume_equals_uninterrupted(method, tmp_path, data_dir):
     base = ["--method", method, "--data-dir", str(data_dir), *SMALL[:-2]]
@@ -207,9 +210,11 @@ def test_resume_equals_uninterrupted(method, tmp_path, data_dir):
     (["--resume"], "no checkpoint"),
     (["--warm-start", "/nonexistent"], "--warm-start"),
 ])
-def test_bad_cli_values_exit_2_with_one_line(argv, needle, tmp_path):
+def test_bad_cli_values_exit_2_with_one_line(argv, needle, tmp_path, request):
+    # never download; the --warm-start check comes after the data is loaded, so it needs the data
+    data = ["--data-dir", str(request.getfixturevalue("data_dir"))] if "/nonexistent" in argv else []
     proc = subprocess.run([sys.executable, "-m", "experiments.ssvae", "--out", str(tmp_path / "o"),
-                           "--max-train", "300", "--max-eval", "10", *argv],
+                           "--max-train", "300", "--max-eval", "10", "--no-download", *data, *argv],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -168,7 +168,6 @@ def test_bitvae_epoch_syncs_only_at_log_points(data_dir):
 SPARSEMAP_SYNC_CONSTANT = 4     # validation, the final gather, the VJP: documented in docs/benchmarks.md
 
 
-@pytest.mark.xfail(reason="sparsemap rewrite (issue 9)", strict=False)
 @pytest.mark.parametrize("D", [32, 128])
 def test_sparsemap_has_at_most_one_host_sync_per_iteration(D):
     t = cp.asarray(np.random.default_rng(D).standard_normal((64, D)))

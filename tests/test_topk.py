@@ -3,7 +3,9 @@
 * ``topk_sparsemax``: exact rational sparsemax (written here) of the row with
   all but the k largest entries (ties: lower index) set to ``-inf``;
 * ``kbest_bitvectors``: brute force over all 2^D vectors with exact integer
-  scores, sorted by (score desc, the documented secondary key);
+  scores, sorted by (score desc, the documented secondary key), for D <= 12;
+  at the paper's D = 32 and 128 a best-first search over flip sets with exact
+  integer costs on dyadic t (itself checked against brute force);
 * structured top-k sparsemax == full sparsemax over 2^D when its support is
   smaller than k (``check_against_enumeration`` and an independent check);
 * every VJP against float64 central differences (``check_vjp``), the
@@ -22,7 +24,7 @@ from refimpl.backend import to_numpy
 from refimpl.enumeration import bitvector_scores
 from refimpl.gradcheck import check_against_enumeration, check_vjp
 
-from _references import NEG_INF, exact_sparsemax_row, qualifies
+from _references import NEG_INF, assert_rows_match_exact, exact_sparsemax_row, qualifies
 
 DTYPES = [np.float32, np.float64]
 HYP = settings(max_examples=40, deadline=None,
@@ -30,11 +32,23 @@ HYP = settings(max_examples=40, deadline=None,
 
 
 # ------------------------------------------------------------ references
+def topk_masked_row(row, k):
+    """The row with all but its k largest entries (ties: lower index) set to -inf."""
+    keep = set(sorted(range(len(row)), key=lambda i: (-float(row[i]), i))[:k])
+    return [float(row[i]) if i in keep else NEG_INF for i in range(len(row))]
+
+
 def ref_topk_sparsemax_row(row, k):
     """Exact sparsemax of the row restricted to its k largest (ties: lower index)."""
-    keep = sorted(range(len(row)), key=lambda i: (-float(row[i]), i))[:k]
-    masked = [float(row[i]) if i in keep else NEG_INF for i in range(len(row))]
-    return np.array([float(v) for v in exact_sparsemax_row(masked)])
+    return np.array([float(v) for v in exact_sparsemax_row(topk_masked_row(row, k))])
+
+
+def assert_topk_exact(out, s, k):
+    """``out`` (NumPy, rows along the last axis) against the exact top-k sparsemax of ``s``:
+    values within the threshold's rounding, support and k* exactly (``_references``)."""
+    rows = [topk_masked_row(r, k) for r in np.asarray(s).reshape(-1, s.shape[-1])]
+    assert_rows_match_exact(out.reshape(len(rows), -1), rows,
+                            [exact_sparsemax_row(r) for r in rows], np.finfo(s.dtype).eps)
 
 
 def ref_topk_sparsemax(a, k, axis=-1):
@@ -93,8 +107,7 @@ def test_topk_sparsemax_against_reference(xp, rng, dtype):
                     continue
                 out = to_numpy(topk_sparsemax(xp.asarray(s), k))
                 assert out.dtype == dtype and out.shape == s.shape
-                ref = ref_topk_sparsemax(s, k)
-                assert np.abs(out - ref).max() <= 8 * K * np.finfo(dtype).eps, (K, kind, k)
+                assert_topk_exact(out, s, k)
                 assert np.all((out > 0).sum(-1) <= k)
 
 
@@ -153,7 +166,7 @@ def test_hypothesis_topk_sparsemax(xp, case):
     s, k = case
     out = to_numpy(topk_sparsemax(xp.asarray(s), k))
     assert out.dtype == s.dtype
-    assert np.abs(out - ref_topk_sparsemax_row(s, k)).max() <= 8 * s.size * np.finfo(s.dtype).eps
+    assert_topk_exact(out[None], s[None], k)
     assert (out > 0).sum() <= k
 
 
@@ -263,6 +276,79 @@ def test_kbest_against_brute_force_large_D(xp, rng, D):
             rbits = np.array([it[2] for it in items[:k]], dtype=bool)
             assert np.array_equal(bits, rbits), (kind, k, t.tolist())
             np.testing.assert_allclose(scores, [-it[0] / L for it in items[:k]], atol=1e-12)
+
+
+def best_first_kbest(t, k):
+    """The k best bit-vectors of a dyadic ``t`` by best-first search over flip sets.
+
+    Independent of refimpl and of brute force, so it reaches D = 128: flipping
+    bit i of z* = 1[t > 0] costs |t_i|, exactly an integer on t's dyadic grid.
+    Flip sets are generated from the bits sorted by (|t_i|, i) -- rank r --
+    with the two moves "append rank j+1" and "replace the last rank j by j+1";
+    each set is reached once, and a child is never before its parent in the
+    order (cost, Σ_{r ∈ F} 2^r), so a heap pops the sets in exactly that order:
+    score descending, then the documented secondary key.
+    Returns bits (k, D) bool and the exact scores (Fractions).
+    """
+    import heapq
+    t = [float(x) for x in t]
+    D = len(t)
+    ints, L = exact_ints(t)
+    order = sorted(range(D), key=lambda i: (abs(t[i]), i))
+    cost = [abs(ints[i]) for i in order]                        # integers, ascending
+    zstar = [x > 0 for x in t]
+    best = sum(v for v, on in zip(ints, zstar) if on)
+    heap = [(0, 0, ())]                                         # (cost, key, ranks flipped)
+    bits, scores = [], []
+    while heap and len(bits) < k:
+        c, key, ranks = heapq.heappop(heap)
+        z = list(zstar)
+        for r in ranks:
+            z[order[r]] = not z[order[r]]
+        bits.append(z)
+        scores.append(Fraction(best - c, L))
+        last = ranks[-1] if ranks else -1
+        if last + 1 < D:
+            heapq.heappush(heap, (c + cost[last + 1], key + (1 << (last + 1)), ranks + (last + 1,)))
+            if ranks:
+                heapq.heappush(heap, (c - cost[last] + cost[last + 1],
+                                      key - (1 << last) + (1 << (last + 1)), ranks[:-1] + (last + 1,)))
+    return np.array(bits, dtype=bool), scores
+
+
+def test_best_first_reference_equals_brute_force(rng):
+    for D in (1, 3, 6, 9):
+        for kind in KINDS:
+            t = kbest_inputs(rng, D, kind)
+            rbits, rscores, _, _ = brute_kbest(t, 2 ** D)
+            bits, scores = best_first_kbest(t, 2 ** D)
+            assert np.array_equal(bits, rbits) and scores == rscores, (kind, t.tolist())
+
+
+def dyadic_t(rng, D, kind):
+    """Dyadic scores with few bits (every score and cost exact in float32 too)."""
+    if kind == "fine":
+        return rng.integers(-512, 513, D) / 64                  # multiples of 1/64 in [-8, 8]
+    if kind == "ties":
+        return rng.integers(-3, 4, D) / 2                       # many equal |t_i| and zeros
+    return kbest_inputs(rng, D, kind)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", [32, 128])
+def test_kbest_at_paper_sizes_against_best_first_search(xp, rng, dtype, D):
+    """The paper's D = 32 and 128, batched, against an independent exact search."""
+    for kind in ("fine", "ties", "dyadic_repeats", "two_values", "zeros"):
+        t = np.stack([dyadic_t(rng, D, kind) for _ in range(3)]).astype(dtype)
+        assert np.array_equal(t.astype(np.float64), t.astype(dtype).astype(np.float64))
+        for k in (1, 2, 10, 64, 300):
+            bits, scores = kbest_bitvectors(xp.asarray(t), k)
+            bits, scores = to_numpy(bits), to_numpy(scores)
+            assert bits.shape == (3, k, D) and scores.shape == (3, k) and scores.dtype == dtype
+            for b in range(3):
+                rbits, rscores = best_first_kbest(t[b], k)
+                assert np.array_equal(bits[b], rbits), (kind, k, b)
+                assert scores[b].tolist() == [float(x) for x in rscores], (kind, k, b)   # exact
 
 
 def test_kbest_negative_zero(xp):

@@ -97,12 +97,12 @@ import numbers
 
 import numpy as np
 
-from .base import _REQUIRED, LATENTS, NAMES, Estimate, Estimator, _positive_int
+from .base import _REQUIRED, LATENTS, NAMES, Estimate, Estimator, NonFiniteLossError, _positive_int
 from .deterministic import (DenseSoftmax, ExactBits, SparseMAP, Sparsemax, StructuredTopK,
                             TopKSparsemax)
 from .sampling import SFE, GumbelSoftmax, SFEPlus, SumAndSample
 
-__all__ = ["Estimate", "Estimator", "make_estimator", "NAMES", "OPTIONS", "USES",
+__all__ = ["Estimate", "Estimator", "NonFiniteLossError", "make_estimator", "NAMES", "OPTIONS", "USES",
            "DenseSoftmax", "Sparsemax", "TopKSparsemax", "StructuredTopK", "SparseMAP",
            "ExactBits", "SFE", "SFEPlus", "SumAndSample", "GumbelSoftmax"]
 

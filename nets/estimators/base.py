@@ -7,8 +7,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from refimpl.backend import xp_of
+from refimpl.numerics import check_positive_int as _positive_int  # noqa: F401  (re-exported)
+from refimpl.numerics import one_hot as _one_hot  # noqa: F401  (used by sampling)
 
 from .. import ops
+from ..losses import bernoulli_entropy as _bernoulli_entropy  # noqa: F401  (used by the estimators)
 from ..autodiff import Tensor, is_grad_enabled
 
 
@@ -39,12 +42,6 @@ def _softmax_entropy(s):
     return ops.logsumexp(s, axis=1) - (ops.softmax(s, axis=1) * s).sum(axis=1)
 
 
-def _bernoulli_entropy(t):
-    """Σ_i H(Bernoulli(σ(t_i))) per row; H = softplus(t) - σ(t) t, stable for any |t|
-    (from H = p softplus(-t) + (1-p) softplus(t) and softplus(-t) = softplus(t) - t)."""
-    return (ops.softplus(t) - ops.sigmoid(t) * t).sum(axis=1)
-
-
 def _sparse_entropy(probs):
     """-Σ_{π>0} π log π per row of a (B, S) Tensor with exact zeros off the support.
 
@@ -54,11 +51,6 @@ def _sparse_entropy(probs):
     return -(probs * ops.log(ops.where(on, probs, 1.0))).sum(axis=1)
 
 
-def _one_hot(cols, K, xp, dtype):
-    """(n,) class indices -> (n, K) one-hot rows in ``dtype``."""
-    return (xp.arange(K)[None, :] == cols[:, None]).astype(dtype)
-
-
 def _noise(rng, kind, shape, like):
     """Gumbel(0,1) or Logistic(0,1) noise drawn with numpy ``rng`` (reproducible
     across backends), moved to ``like``'s device in its dtype."""
@@ -66,10 +58,12 @@ def _noise(rng, kind, shape, like):
     return like.xp.asarray(draw, dtype=like.dtype)
 
 
-def _positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or infinite where an estimator evaluates it: ``loss_fn``
+    returned such values (:meth:`Estimator._evaluate`), or the scores it is
+    evaluated on contain them (a diverged encoder; :meth:`Estimator._check_scores`).
+
+    A ``ValueError`` subclass; a training loop stops a run on it by catching the type."""
 
 
 # ================================================================== base class
@@ -111,7 +105,13 @@ class Estimator:
             raise TypeError(f"{self._who} samples: rng must be a numpy.random.Generator "
                             f"(numpy.random.default_rng(seed)), got {type(rng).__name__}")
         self._update = is_grad_enabled() if update_baseline is None else bool(update_baseline)
-        return self._estimate(scores, loss_fn, rng)
+        try:
+            return self._estimate(scores, loss_fn, rng)
+        except NonFiniteLossError:
+            raise
+        except ValueError:      # e.g. a mapping refusing NaN scores: report it as NaN scores
+            self._raise_if_scores_bad(scores)
+            raise
 
     def _estimate(self, scores, loss_fn, rng):
         raise NotImplementedError
@@ -130,7 +130,7 @@ class Estimator:
 
     def _raise_if_scores_bad(self, scores):
         if not bool(scores.xp.all(scores.xp.isfinite(scores.data))):
-            raise ValueError(f"{self._who}: scores contain NaN or infinite entries")
+            raise NonFiniteLossError(f"{self._who}: scores contain NaN or infinite entries") from None
 
     def _evaluate(self, loss_fn, idx, z, scores):
         """Call ``loss_fn(idx, z)`` ONCE and check it returned a finite Tensor (n,)
@@ -160,7 +160,7 @@ class Estimator:
             self._raise_if_scores_bad(scores)
             where = xp.nonzero(bad)[0]
             first = int(where[0])
-            raise ValueError(f"{self._who}: loss_fn returned non-finite values at "
+            raise NonFiniteLossError(f"{self._who}: loss_fn returned non-finite values at "
                              f"{int(where.shape[0])} of {n} pairs (first: {float(out.data[first])} "
                              f"at pair {first}, example {int(idx[first])})")
         return out
