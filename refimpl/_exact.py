@@ -107,8 +107,9 @@ def capped_simplex_row(t, B):
 
     ``mu = clip(t - lam, 0, 1)`` with ``lam = 0`` when ``Σ clip(t, 0, 1) <= B``,
     else the ``lam > 0`` with ``h(lam) = Σ clip(t - lam, 0, 1) = B``.  ``h`` is
-    piecewise linear with breakpoints ``t_i`` and ``t_i - 1``, so ``lam`` is
-    found exactly by linear interpolation between two breakpoints.
+    piecewise linear and nonincreasing with breakpoints ``t_i`` and ``t_i - 1``,
+    so ``lam`` is found exactly: bisection over the sorted breakpoints for the
+    two that bracket ``B``, then linear interpolation between them.
     Returns ``(mu, lam)``.
     """
     def h(lam):
@@ -118,14 +119,14 @@ def capped_simplex_row(t, B):
     if h(Fraction(0)) <= B:
         return [_clip01(v) for v in t], Fraction(0)
     points = sorted({Fraction(0)} | {b for v in t for b in (v, v - 1) if b > 0})
-    lo = Fraction(0)
-    for hi in points[1:]:
-        h_lo, h_hi = h(lo), h(hi)
-        if h_hi <= B:                                     # lam in (lo, hi]
-            lam = lo + (h_lo - B) * (hi - lo) / (h_lo - h_hi)
-            return [_clip01(v - lam) for v in t], lam
-        lo = hi
-    raise AssertionError("unreachable: h(max t) = 0 <= B")
+    lo, hi = 0, len(points) - 1                           # h(points[lo]) > B >= h(points[hi])
+    while hi - lo > 1:                                    # h is nonincreasing: bisect
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if h(points[mid]) > B else (lo, mid)
+    a, b = points[lo], points[hi]
+    h_a, h_b = h(a), h(b)                                 # h is linear on [a, b]
+    lam = a + (h_a - B) * (b - a) / (h_a - h_b)
+    return [_clip01(v - lam) for v in t], lam
 
 
 def capped_simplex_vjp_row(t, mu, lam, g):

@@ -47,7 +47,7 @@ from . import _exact as E
 __all__ = ["GOLDEN_VERSION", "MAPPINGS", "Case", "build_cases", "cases", "write_golden",
            "read_golden", "main"]
 
-GOLDEN_VERSION = "1"
+GOLDEN_VERSION = "2"
 MAPPINGS = ("sparsemax", "topk_sparsemax", "topk_bits", "sparsemap_bits", "sparsemap_budget")
 N_COTANGENTS = 2
 JAC_MAX = 16          # dense Jacobians for slices with at most this many inputs and outputs
@@ -245,6 +245,11 @@ def _dyadic(shape, lo, hi, denom=4096):
     return lambda rng: rng.integers(int(lo * denom), int(hi * denom) + 1, size=shape) / denom
 
 
+def _bitvae(shape):
+    """Scores like the bit-VAE's: ``t = (x + 1)/2`` with ``x ~ N(0, 1)``."""
+    return lambda rng: (rng.standard_normal(shape) + 1) / 2
+
+
 def _onehot(rng):
     x = rng.standard_normal((6, 8))
     top = rng.integers(0, 8, size=6)
@@ -347,12 +352,18 @@ def _structured_specs(dt):
             ("D32", _normal((4, 32), 0.7, 0.5), "D = 32"),
             ("huge", _fixed([[1e30, -1e30, 0.25, 0.75], [-1e30, 0.5, 2.0, -0.5]]),
              "huge magnitudes clip to 0 and 1")]
+    bits += [(f"D{D}-bitvae", _bitvae((8, D)), f"D = {D}, scores like the bit-VAE's encoder "
+              "t = (x + 1)/2, x ~ N(0, 1): about 2/3 of the coordinates free, so an active set "
+              "must hold about 2D/3 + 1 vertices to span the face") for D in (64, 128)]
     out += [dict(name=f"sparsemap_bits/{dt}/{key}", mapping="sparsemap_bits", dtype=_DT[dt], x=x,
                  description=why) for key, x, why in bits]
     budget = [("D6-B2", _normal((8, 6), 0.7, 0.5), 2, "budget mostly active"),
               ("D10-B1", _normal((6, 10), 0.5, 0.3), 1, "B = 1: a sparsemax with an 'all off' option"),
               ("D16-B8", _normal((4, 16), 0.5, 0.7), 8, "B = D/2, as in the paper"),
               ("inactive", _normal((4, 8), 0.2, 0.0), 4, "budget not binding: clip(t, 0, 1)")]
+    budget += [(f"D{D}-B{D // 4}-bitvae", _bitvae((8, D)), D // 4,
+                f"D = {D}, bit-VAE-like scores t = (x + 1)/2 and B = D/4: the budget binds, "
+                "the face is a slice of a hypersimplex of dimension |free| - 1") for D in (64, 128)]
     out += [dict(name=f"sparsemap_budget/{dt}/{key}", mapping="sparsemap_budget", dtype=_DT[dt],
                  x=x, params={"budget": B}, description=why) for key, x, B, why in budget]
     return out

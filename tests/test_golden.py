@@ -108,6 +108,33 @@ def test_dense_jacobian_matches_vjps():
                                        atol=32 * np.finfo(c.dtype).eps * c.tolerance["vjp"]["scale"])
 
 
+def test_large_sparsemap_cases_against_closed_forms():
+    """D = 64, 128: marginals and their VJP against float64 closed forms computed
+    apart from _exact (bits: clip and the mask 1[0 < t < 1]; budget: bisection
+    for lam, and the mask minus its mean over the free set)."""
+    large = golden.cases(patterns=["sparsemap_*/*/D64-*", "sparsemap_*/*/D128-*"])
+    assert len(large) == 8
+    for c in large:
+        t, eps = c.arrays["x"].astype(np.float64), float(np.finfo(c.dtype).eps)
+        lam = np.zeros((t.shape[0], 1))
+        if c.mapping == "sparsemap_budget":
+            lo, hi = np.zeros(t.shape[0]), t.max(-1)
+            for _ in range(200):
+                mid = (lo + hi) / 2
+                big = np.clip(t - mid[:, None], 0, 1).sum(-1) > c.budget
+                lo, hi = np.where(big, mid, lo), np.where(big, hi, mid)
+            lam = lo[:, None]
+            assert np.all(lam > 0)                                     # the budget binds
+        mu = np.clip(t - lam, 0, 1)
+        np.testing.assert_allclose(c.arrays["y"], mu, rtol=0, atol=64 * eps)
+        free = (mu > 0) & (mu < 1)
+        for g, vjp in zip(c.arrays["g"].astype(np.float64), c.arrays["vjp"]):
+            expect = free * g
+            if c.mapping == "sparsemap_budget":
+                expect = free * (g - (free * g).sum(-1, keepdims=True) / free.sum(-1, keepdims=True))
+            np.testing.assert_allclose(vjp, expect, rtol=0, atol=64 * eps * np.abs(g).max())
+
+
 def test_regenerates_bit_for_bit(tmp_path):
     a = golden.write_golden(tmp_path / "a")
     golden.build_cases.cache_clear()                    # recompute from scratch
