@@ -165,7 +165,7 @@ def test_bitvae_epoch_syncs_only_at_log_points(data_dir):
     assert log.n_syncs <= steps + 2, log.report()
 
 
-SPARSEMAP_SYNC_CONSTANT = 4     # validation, the final gather, the VJP: documented in docs/benchmarks.md
+SPARSEMAP_SYNC_CONSTANT = 4     # validation, warm-start certification, final support, VJP face check (docs/benchmarks.md)
 
 
 @pytest.mark.parametrize("D", [32, 128])
