@@ -2,7 +2,8 @@
 
     python -m benchmarks.mappings [--backend numpy|cupy] [--quick]
 
-Tables: sparsemax (ours vs a textbook sort-based NumPy sparsemax, and vs
+Tables: sparsemax paths (the default textbook path against each candidate
+fast path; docs/benchmarks.md says which is kept, on which backend), sparsemax (ours vs a textbook sort-based NumPy sparsemax, and vs
 ``entmax.sparsemax`` on PyTorch when installed), structured top-k (k-best
 bit-vectors + sparsemax), and SparseMAP: the default solver, the plain active set
 from one vertex, and the authors' per-example solver when it is built
@@ -32,6 +33,38 @@ def textbook_sparsemax(s):
 def textbook_vjp(p, g):
     u = (p > 0).astype(g.dtype)
     return u * (g - (u * g).sum(-1, keepdims=True) / u.sum(-1, keepdims=True))
+
+
+def ones_matmul_sparsemax(s):
+    """A rejected candidate (kept here to re-measure): the textbook formula with
+    its sums and cumulative sums as products with (triangular) matrices of ones."""
+    z = np.sort(s, axis=-1)[:, ::-1]
+    K = s.shape[-1]
+    ks = np.arange(1, K + 1, dtype=s.dtype)
+    csum = z @ np.triu(np.ones((K, K), dtype=s.dtype))
+    k_star = ((1 + ks * z > csum).astype(s.dtype) @ np.ones((K, 1), dtype=s.dtype)).astype(np.int64)
+    tau = (np.take_along_axis(csum, k_star - 1, axis=-1) - 1) / k_star
+    return np.maximum(s - tau, 0)
+
+
+def bench_sparsemax_paths(xp, Ks, batch):
+    """Forward only: the default textbook path against each candidate fast path,
+    the same inputs, in this process (ratio > 1: the candidate is faster)."""
+    from refimpl.sparsemax import _default_path, _sparsemax_rows
+    rng = np.random.default_rng(3)
+    rows = []
+    for K in Ks:
+        s = xp.asarray(rng.standard_normal((batch, K)).astype(np.float32))
+        text = best_time(lambda: _sparsemax_rows(s, path="textbook"), xp=xp)
+        part = best_time(lambda: _sparsemax_rows(s, path="partition"), xp=xp) if xp is np else None
+        ones = best_time(lambda: ones_matmul_sparsemax(s), xp=xp) if xp is np and K <= 1024 else None
+        rows.append([K, f"{text * 1e3:.3f}",
+                     f"{part * 1e3:.3f} ({text / part:.2f}x)" if part else "n/a",
+                     f"{ones * 1e3:.3f} ({text / ones:.2f}x)" if ones else "n/a",
+                     _default_path(xp, K)])
+    print_table(f"sparsemax paths, forward, batch {batch}, float32 (ms per call; textbook/path)",
+                ["K", "textbook (default)", "partition candidates", "matmul with ones (rejected)",
+                 "used"], rows)
 
 
 def _entmax_timer(s, g):
@@ -159,12 +192,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.mappings", description=__doc__.split("\n")[0])
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     p.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
-    p.add_argument("--only", choices=["sparsemax", "topk", "sparsemap"],
+    p.add_argument("--only", choices=["paths", "sparsemax", "topk", "sparsemap"],
                    help="run one table (default: all)")
     args = p.parse_args(argv)
     xp = backend_or_exit(p, args.backend)
     print(f"# benchmarks.mappings, backend {args.backend}: {machine_line()}")
     Ks = [10, 256] if args.quick else [10, 256, 4096, 65536]
+    if args.only in (None, "paths"):          # run under OPENBLAS_NUM_THREADS=1 and 2
+        bench_sparsemax_paths(xp, [10, 4096] if args.quick else [10, 64, 256, 1024, 4096, 16384],
+                              batch=256)
     if args.only in (None, "sparsemax"):
         bench_sparsemax(xp, Ks, batch=64 if args.quick else 1024)
     if args.only in (None, "topk"):

@@ -97,7 +97,8 @@ def build_parser():
                    help="Gumbel temperature tau = max(0.5, exp(-rate * step)), step rounded down "
                         "to a multiple of 1000")
     p.add_argument("--log-every", type=common.positive_int, default=50,
-                   help="steps between progress-bar updates (the only host syncs on a GPU)")
+                   help="steps between progress-bar updates and loss checks (on a GPU, 2 host "
+                        "syncs each; every step also has 1, the estimator's input check)")
     for action in p._actions:
         if action.dest == "batch_size":
             action.help = "batch size (default: the paper's value for the method and D)"
@@ -200,7 +201,7 @@ def train_epoch(run, images, epoch, args):
         run.step += 1
         loss_sum += (est.loss - est.entropy.data).sum()
         calls[s * B:s * B + x.shape[0]] = est.calls
-        if (s + 1) % args.log_every == 0 or s + 1 == steps:           # the only host syncs
+        if (s + 1) % args.log_every == 0 or s + 1 == steps:           # log point: 2 host syncs
             done = min((s + 1) * B, N)
             mean_loss = float(loss_sum) / done
             if not math.isfinite(mean_loss):

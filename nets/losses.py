@@ -96,7 +96,7 @@ def cross_entropy(logits, targets, axis=-1):
         raise ValueError(f"cross_entropy: targets must be an integer array of shape {expected} "
                          f"(logits without axis {axis}), got dtype {targets.dtype} and shape "
                          f"{tuple(targets.shape)}")
-    if targets.size and (int(targets.min()) < 0 or int(targets.max()) >= K):
+    if targets.size and bool(xp.any((targets < 0) | (targets >= K))):     # one host sync
         raise ValueError(f"cross_entropy: targets must lie in [0, {K}), got values in "
                          f"[{int(targets.min())}, {int(targets.max())}]")
     x = logits.data
@@ -129,6 +129,12 @@ def bernoulli_log_likelihood(logits, x):
                          f"logits' shape {logits.shape}")
     if bool(xp.any((x < 0) | (x > 1))):
         raise ValueError("bernoulli_log_likelihood: x must lie in [0, 1]")
+    return _bernoulli_log_likelihood(logits, x)
+
+
+def _bernoulli_log_likelihood(logits, x):
+    """:func:`bernoulli_log_likelihood` for x known to lie in [0, 1] (0/1 samples
+    drawn by an estimator, shape and dtype of ``logits``): no host sync."""
     lg = logits.data
 
     def vjp(g):

@@ -6,6 +6,9 @@ layer adds no math of its own beyond the chain rule through the structure's
 scores.  Re-exported from :mod:`nets.ops`.
 """
 import refimpl
+from refimpl._checks import check_k
+from refimpl.sparsemax import _sparsemax_last, _sparsemax_vjp   # checked-once internals
+from refimpl.topk import _kbest_bitvectors
 
 from .autodiff import Tensor, as_tensor, make_output
 
@@ -19,7 +22,7 @@ def sparsemax(scores, axis=-1):
 
     def vjp(g):
         """J = diag(u) - u uᵀ/|S|, u = 1[probs > 0] (``refimpl.sparsemax_vjp``)."""
-        return (refimpl.sparsemax_vjp(probs, g, axis=axis),)
+        return (_sparsemax_vjp(probs, g, axis=axis),)     # probs: our forward output
 
     return make_output(probs, (scores,), vjp, "sparsemax")
 
@@ -31,7 +34,7 @@ def topk_sparsemax(scores, k, axis=-1):
 
     def vjp(g):
         """J = diag(u) - u uᵀ/|S| with the support S inside the top-k set."""
-        return (refimpl.topk_sparsemax_vjp(probs, g, axis=axis),)
+        return (_sparsemax_vjp(probs, g, axis=axis),)     # = refimpl.topk_sparsemax_vjp
 
     return make_output(probs, (scores,), vjp, "topk_sparsemax")
 
@@ -51,15 +54,24 @@ def structured_topk(t, k):
     k best bit-vectors, best first), and ``probs`` : Tensor (..., k) =
     sparsemax of their scores (zero beyond the support).
     """
-    t = _require_tensor(t, "structured_topk")
-    bits, scores = refimpl.kbest_bitvectors(t.data, k)
+    return _structured_topk(_require_tensor(t, "structured_topk"), k, validate=True)
+
+
+def _structured_topk(t, k, validate):
+    """:func:`structured_topk`; ``validate=False`` for callers that checked that
+    ``t`` is finite themselves (the estimators): no host sync in the forward."""
+    if validate:
+        bits, scores = refimpl.kbest_bitvectors(t.data, k)
+    else:
+        D = t.shape[-1]
+        bits, scores = _kbest_bitvectors(t.data, check_k(k, 2 ** D if D < 63 else None, "2^D"))
     bits = bits.astype(t.dtype)
-    probs = refimpl.sparsemax(scores, axis=-1)
+    probs = _sparsemax_last(scores, validate=False)       # finite: kbest_bitvectors checked t
 
     def vjp(g):
         """J = J_sparsemax · A with A = bits (scores = A t, A fixed on the piece):
         Jᵀ g = Aᵀ (J_sparsemaxᵀ g) = Σ_j g_scores_j bits_j."""
-        g_scores = refimpl.sparsemax_vjp(probs, g, axis=-1)               # (..., k)
+        g_scores = _sparsemax_vjp(probs, g, axis=-1)                      # (..., k)
         return (t.xp.matmul(g_scores[..., None, :], bits)[..., 0, :],)     # (..., D)
 
     return bits, make_output(probs, (t,), vjp, "structured_topk")

@@ -15,72 +15,74 @@ from .backend import xp_of
 
 __all__ = ["sparsemax", "sparsemax_vjp", "sparsemax_jacobian"]
 
-# Above this many entries per slice, the threshold is searched among the
-# candidates z_i >= max(z) - 1 only (see _threshold); below it a full sort is
-# cheaper and needs no host synchronisation on a GPU.
-_FULL_SORT_MAX_K = 64
-
-
-def _row_sums(a, cumulative=False):
-    """Sums (N, 1), or cumulative sums (N, m), along the last axis of ``a : (N, m)``.
-
-    Short rows (m <= _FULL_SORT_MAX_K) go through one matrix product with a
-    column of ones (or an upper-triangular matrix of ones): NumPy's reductions
-    along a short last axis are 5-10x slower.  Long rows use the (pairwise,
-    more accurate) reductions.
-    """
-    xp = xp_of(a)
-    m = a.shape[-1]
-    if m > _FULL_SORT_MAX_K:
-        return xp.cumsum(a, axis=-1) if cumulative else xp.sum(a, axis=-1, keepdims=True)
-    ones = xp.triu(xp.ones((m, m), dtype=a.dtype)) if cumulative else xp.ones((m, 1), dtype=a.dtype)
-    return a @ ones
+# The textbook formula (full sort, cumulative sum) is the default on every
+# backend.  NumPy only, and only where benchmarks/mappings.py ("sparsemax
+# paths") measured it faster under 1 and 2 BLAS threads, long rows search the
+# threshold among the candidates z_i >= max(z) - 1 (an O(K) partition first).
+# tests/test_sparsemax.py checks each path equal to the textbook one.
+_PARTITION_MIN_K = 256
+PATHS = ("textbook", "partition")
 
 
 def _threshold_sorted(z_desc):
     """``tau : (N, 1)`` from rows sorted in descending order, row maxima 0.
 
     z_desc : (N, m), may hold -inf (masked) entries after the finite ones.
-    ``k*`` is the length of the prefix where ``1 + k z_(k) > Σ_{j<=k} z_(j)``.
+    ``k* = max{k : 1 + k z_(k) > Σ_{j<=k} z_(j)}`` (the condition holds on a
+    prefix), ``tau = (Σ_{j<=k*} z_(j) - 1) / k*``.
     """
     xp = xp_of(z_desc)
     ks = xp.arange(1, z_desc.shape[-1] + 1, dtype=z_desc.dtype)
-    finite = xp.isfinite(z_desc[:, -1:]).all()
-    # -inf entries (masked) must not meet a 0 in the product with ones: NaN.
-    csum = _row_sums(z_desc, cumulative=True) if finite else xp.cumsum(z_desc, axis=-1)
-    # -inf entries give -inf > -inf: False, never NaN (only additions of -inf).
-    in_support = (1 + ks * z_desc > csum).astype(z_desc.dtype)         # a prefix of each row
-    k_star = _row_sums(in_support)                                     # (N, 1), >= 1
-    csum_k = xp.take_along_axis(csum, k_star.astype(np.int64) - 1, axis=-1)
-    return (csum_k - 1) / k_star
+    csum = xp.cumsum(z_desc, axis=-1)          # -inf entries: -inf > -inf is False, never NaN
+    k_star = xp.sum(1 + ks * z_desc > csum, axis=-1, keepdims=True)     # (N, 1), >= 1
+    csum_k = xp.take_along_axis(csum, k_star - 1, axis=-1)
+    return (csum_k - 1) / k_star.astype(z_desc.dtype)
 
 
-def _max_and_threshold(s, scores):
-    """Row maxima ``top`` and threshold ``tau`` of ``s - top``: both (N, 1).
+def _default_path(xp, K):
+    return "partition" if xp is np and K >= _PARTITION_MIN_K else "textbook"
 
-    ``scores`` (the caller's array) is only used to explain invalid input.
 
-    Short rows are sorted whole (the maximum is the last sorted entry).
-    Long rows use ``tau >= max(z) - 1 = -1`` (the top entry gets probability
-    at most 1): only entries with ``z_i >= -1`` can be in the support, so
-    only the ``m`` largest entries are sorted, ``m`` the largest candidate
-    count in the batch, found with an O(K) partition.
+def _sparsemax_rows(s, scores=None, path=None):
+    """sparsemax of each row of ``s : (N, K)``; returns probs (N, K).
+
+    ``scores`` (the caller's array) given: validate from the row maxima (NaN,
+    +inf or an all -inf row raise; one host sync on a GPU).  ``scores=None``:
+    the caller has validated already (internal calls skip repeated checks).
+
+    path "textbook": sort each row whole.  path "partition" (NumPy): ``tau >=
+    max(z) - 1`` (the top entry gets probability at most 1), so only entries
+    with ``z_i >= -1`` can be in the support: only the ``m`` largest entries
+    are sorted, ``m`` the largest candidate count in the batch, found with an
+    O(K) partition.  Both give the same numbers (the same sorted prefix).
     """
     xp = xp_of(s)
     K = s.shape[-1]
-    if K > _FULL_SORT_MAX_K:
+    path = _default_path(xp, K) if path is None else path
+    if path == "partition":
         top = xp.max(s, axis=-1, keepdims=True)
-        check_row_maxima(scores, top)                               # NaN, +inf, all -inf
+        if scores is not None:
+            check_row_maxima(scores, top)                            # NaN, +inf, all -inf
         z = s - top
-        m = int(xp.max(xp.sum(z >= -1, axis=-1)))
-        if 4 * m < K:
-            cand = xp.partition(z, K - m, axis=-1)[:, K - m:]      # (N, m) the m largest
-            return top, _threshold_sorted(xp.sort(cand, axis=-1)[:, ::-1])
-        return top, _threshold_sorted(xp.sort(z, axis=-1)[:, ::-1])
-    s_desc = xp.sort(s, axis=-1)[:, ::-1]                           # NaN sorts first: top = NaN
-    top = s_desc[:, :1]
-    check_row_maxima(scores, top)
-    return top, _threshold_sorted(s_desc - top)
+        m = int(xp.max(xp.sum(z >= -1, axis=-1)))                    # a host sync: NumPy only
+        cand = xp.partition(z, K - m, axis=-1)[:, K - m:] if 4 * m < K else z
+        z_desc = xp.sort(cand, axis=-1)[:, ::-1]
+    else:
+        s_desc = xp.sort(s, axis=-1)[:, ::-1]                        # NaN sorts last: top = NaN
+        top = s_desc[:, :1]
+        if scores is not None:
+            check_row_maxima(scores, top)
+        z_desc = s_desc - top
+    return xp.maximum((s - top) - _threshold_sorted(z_desc), 0)      # shift first: exact for huge s
+
+
+def _sparsemax_last(scores, validate=True, path=None):
+    """sparsemax along the last axis of ``scores`` (..., K); ``validate=False``
+    for callers that checked the scores themselves."""
+    K = scores.shape[-1]
+    with np.errstate(over="ignore"):                              # s - top may overflow to -inf: fine
+        probs = _sparsemax_rows(scores.reshape(-1, K), scores if validate else None, path)
+    return probs.reshape(scores.shape)
 
 
 def sparsemax(scores: Array, axis: int = -1) -> Array:
@@ -104,13 +106,10 @@ def sparsemax(scores: Array, axis: int = -1) -> Array:
     """
     xp = check_array(scores)
     axis = check_axis(scores, axis)
-    s = scores if axis == scores.ndim - 1 else xp.moveaxis(scores, axis, -1)
-    lead, K = s.shape[:-1], s.shape[-1]
-    s = s.reshape(-1, K)                                          # (N, K)
-    with np.errstate(over="ignore"):                              # s - top may overflow to -inf: fine
-        top, tau = _max_and_threshold(s, scores)                  # (N, 1) each
-        probs = xp.maximum((s - top) - tau, 0).reshape(lead + (K,))  # shift first: exact for huge s
-    return probs if axis == scores.ndim - 1 else xp.moveaxis(probs, -1, axis)
+    if axis == scores.ndim - 1:
+        return _sparsemax_last(scores)
+    probs = _sparsemax_last(xp.moveaxis(scores, axis, -1))
+    return xp.moveaxis(probs, -1, axis)
 
 
 def sparsemax_vjp(probs: Array, grad: Array, axis: int = -1) -> Array:
@@ -131,25 +130,26 @@ def sparsemax_vjp(probs: Array, grad: Array, axis: int = -1) -> Array:
     Returns ``(..., K)``, zero outside the support, dtype of ``grad``.
     """
     check_grad(grad, probs)
-    xp = xp_of(probs, grad)
     axis = check_axis(probs, axis)
-    last = axis == probs.ndim - 1
-    p, g = (probs, grad) if last else (xp.moveaxis(probs, axis, -1), xp.moveaxis(grad, axis, -1))
-    K = p.shape[-1]
-    u = (p > 0).astype(grad.dtype).reshape(-1, K)                # (N, K)
-    g = g.reshape(-1, K)
-    out = (u * (g - _row_sums(u * g) / _support_size(u))).reshape(p.shape)
-    return out if last else xp.moveaxis(out, -1, axis)
+    _check_support(probs, axis)
+    return _sparsemax_vjp(probs, grad, axis)
 
 
-def _support_size(u):
-    """``|S|`` per row (N, 1) of ``u : (N, K)``; an empty support is not a sparsemax output."""
-    xp = xp_of(u)
-    size = _row_sums(u)
-    if not bool(xp.all(size)):
+def _sparsemax_vjp(probs, grad, axis=-1):
+    """:func:`sparsemax_vjp` for callers passing a forward output they computed
+    (shapes already checked, a non-empty support guaranteed): no host sync."""
+    xp = xp_of(probs, grad)
+    u = (probs > 0).astype(grad.dtype)                          # support indicator
+    size = xp.sum(u, axis=axis, keepdims=True)                  # |S|
+    return u * (grad - xp.sum(u * grad, axis=axis, keepdims=True) / size)
+
+
+def _check_support(probs, axis):
+    """An empty support (a slice with no positive entry) is not a sparsemax output."""
+    xp = xp_of(probs)
+    if not bool(xp.all(xp.any(probs > 0, axis=axis))):
         raise ValueError("probs has a slice with no positive entry, so it is not a sparsemax "
                          "output; pass the probabilities returned by sparsemax")
-    return size
 
 
 def sparsemax_jacobian(probs: Array, axis: int = -1) -> Array:
@@ -160,7 +160,8 @@ def sparsemax_jacobian(probs: Array, axis: int = -1) -> Array:
     """
     xp = check_array(probs, "probs")
     axis = check_axis(probs, axis)
+    _check_support(probs, axis)
     u = (xp.moveaxis(probs, axis, -1) > 0).astype(probs.dtype)   # (..., K)
-    size = _support_size(u.reshape(-1, u.shape[-1])).reshape(u.shape[:-1] + (1, 1))
+    size = xp.sum(u, axis=-1)[..., None, None]
     eye = xp.eye(u.shape[-1], dtype=probs.dtype)
     return eye * u[..., None, :] - u[..., :, None] * u[..., None, :] / size

@@ -12,9 +12,9 @@ from typing import Tuple
 import numpy as np
 
 from ._types import Array
-from ._checks import check_axis, check_k, check_scores
+from ._checks import check_array, check_axis, check_k, check_row_maxima, check_scores
 from .backend import xp_of
-from .sparsemax import sparsemax, sparsemax_vjp
+from .sparsemax import _sparsemax_last, sparsemax, sparsemax_vjp
 
 __all__ = ["topk_sparsemax", "topk_sparsemax_vjp", "kbest_bitvectors"]
 
@@ -41,15 +41,17 @@ def topk_sparsemax(scores: Array, k: int, axis: int = -1) -> Array:
     Returns probs (..., K), same dtype and device.  If fewer than k entries
     are positive, the result equals ``sparsemax(scores)`` (a certificate).
     """
-    check_scores(scores)
+    xp = check_array(scores)
     k = check_k(k, None, "K")
     axis = check_axis(scores, axis)
     if k >= scores.shape[axis]:
         return sparsemax(scores, axis=axis)
-    xp = xp_of(scores)
     s = xp.moveaxis(scores, axis, -1)
+    # One validation at this boundary (a NaN anywhere makes its slice maximum
+    # NaN, even where top_k would drop it); the inner sparsemax skips its own.
+    check_row_maxima(scores, xp.max(s, axis=-1))
     masked = xp.where(_topk_mask(s, k), s, xp.asarray(-np.inf, dtype=s.dtype))
-    return xp.moveaxis(sparsemax(masked, axis=-1), -1, axis)
+    return xp.moveaxis(_sparsemax_last(masked, validate=False), -1, axis)
 
 
 def topk_sparsemax_vjp(probs: Array, grad: Array, axis: int = -1) -> Array:
@@ -122,9 +124,16 @@ def kbest_bitvectors(t: Array, k: int) -> Tuple[Array, Array]:
     rounding of their costs may come in either order (still deterministically).
     Bits with ``t_i = 0`` are off in ``z*``.
     """
-    xp = check_scores(t, "t", allow_neg_inf=False)
+    check_scores(t, "t", allow_neg_inf=False)
     D = t.shape[-1]
-    k = check_k(k, 2 ** D if D < 63 else None, "2^D")
+    return _kbest_bitvectors(t, check_k(k, 2 ** D if D < 63 else None, "2^D"))
+
+
+def _kbest_bitvectors(t, k):
+    """:func:`kbest_bitvectors` for callers that validated ``t`` (finite, float,
+    at least one axis) and ``k`` themselves: no host sync."""
+    xp = xp_of(t)
+    D = t.shape[-1]
     lead = t.shape[:-1]
     t2 = t.reshape(-1, D)                                          # (N, D)
     best = t2 > 0                                                  # z*

@@ -83,6 +83,28 @@ def test_xp_of_and_to_numpy():
     assert isinstance(to_numpy([1.0, 2.0]), np.ndarray)
 
 
+def test_get_xp_cupy_older_than_14_is_refused(monkeypatch):
+    fake = fake_cupy(count=1)
+    fake.__version__ = "13.6.0"                                     # no put_along_axis
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with pytest.raises(RuntimeError, match=r"CuPy >= 14.*found 13\.6\.0"):
+        get_xp("cupy")
+    fake.__version__ = "14.0.0"
+    assert get_xp("cupy") is fake
+
+
+def test_xp_of_recognises_the_strict_standin_without_cupy(monkeypatch):
+    """The stand-in's arrays name their namespace (__array_namespace__); backend.py
+    needs no import of it, and CuPy need not be installed."""
+    import strict_cupy
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    a = strict_cupy.asarray(np.arange(3.0))
+    assert xp_of(a) is strict_cupy and xp_of(np.ones(2), a, 1.0) is strict_cupy
+    assert xp_of(np.float64(1.0), np.ones(2)) is np
+    out = to_numpy(a)
+    assert isinstance(out, np.ndarray) and np.array_equal(out, [0.0, 1.0, 2.0])
+
+
 def test_xp_fixture_roundtrip(xp, rng):
     a = rng.standard_normal((2, 3))
     b = xp.asarray(a)

@@ -105,7 +105,13 @@ class Estimator:
             raise TypeError(f"{self._who} samples: rng must be a numpy.random.Generator "
                             f"(numpy.random.default_rng(seed)), got {type(rng).__name__}")
         self._update = is_grad_enabled() if update_baseline is None else bool(update_baseline)
-        return self._estimate(scores, loss_fn, rng)
+        try:
+            return self._estimate(scores, loss_fn, rng)
+        except NonFiniteLossError:
+            raise
+        except ValueError:      # e.g. a mapping refusing NaN scores: report it as NaN scores
+            self._raise_if_scores_bad(scores)
+            raise
 
     def _estimate(self, scores, loss_fn, rng):
         raise NotImplementedError
@@ -120,8 +126,11 @@ class Estimator:
                              f"with B, {axis} >= 1, got shape {scores.shape}")
         if scores.dtype.kind != "f":
             raise TypeError(f"{self._who}: scores must be floating, got dtype {scores.dtype}")
+        # NaN/inf scores are checked with the loss values in _evaluate: one host sync.
+
+    def _raise_if_scores_bad(self, scores):
         if not bool(scores.xp.all(scores.xp.isfinite(scores.data))):
-            raise NonFiniteLossError(f"{self._who}: scores contain NaN or infinite entries")
+            raise NonFiniteLossError(f"{self._who}: scores contain NaN or infinite entries") from None
 
     def _evaluate(self, loss_fn, idx, z, scores):
         """Call ``loss_fn(idx, z)`` ONCE and check it returned a finite Tensor (n,)
@@ -145,7 +154,10 @@ class Estimator:
             out = Tensor(out.data.astype(scores.dtype))
         xp = scores.xp
         bad = ~xp.isfinite(out.data)
-        if bool(xp.any(bad)):
+        # One host sync per call for both checks: the scores (deferred from
+        # __call__; NaN scores are harmless until here) and the loss values.
+        if bool(xp.any(bad) | ~xp.all(xp.isfinite(scores.data))):
+            self._raise_if_scores_bad(scores)
             where = xp.nonzero(bad)[0]
             first = int(where[0])
             raise NonFiniteLossError(f"{self._who}: loss_fn returned non-finite values at "

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import ops
 from ..autodiff import Tensor
+from ..losses import _bernoulli_log_likelihood
 from .base import Estimate, Estimator, _bernoulli_entropy, _noise, _one_hot, _softmax_entropy
 
 
@@ -31,7 +32,7 @@ def _log_q(scores, latent, cols, z):
     bits Σ_i z_i t_i - softplus(t_i) = Σ_i z_i log σ(t_i) + (1-z_i) log σ(-t_i)."""
     if latent == "categorical":
         return ops.log_softmax(scores, axis=1)[scores.xp.arange(scores.shape[0]), cols]
-    return ops.bernoulli_log_likelihood(scores, z).sum(axis=1)
+    return _bernoulli_log_likelihood(scores, z).sum(axis=1)    # z is 0/1: no range check
 
 
 def _entropy_q(scores, latent):
@@ -58,10 +59,10 @@ class SFE(Estimator):
         loss = self._evaluate(loss_fn, xp.arange(B), z, scores)
         log_q = _log_q(scores, self.latent, cols, z)
         use = self.options["baseline"] == "mean"
-        beta = self._baseline_value() if use else 0.0
+        beta = xp.asarray(self._baseline_value(), dtype=loss.dtype) if use else 0.0
         surrogate = (loss + log_q * (loss.data - beta)).mean()
         if use:
-            self._update_baseline(float(loss.data.mean()))
+            self._update_baseline(loss.data.mean().astype(np.float64))   # on the device: no sync
         return Estimate(surrogate, loss.data, xp.ones(B, dtype=np.int64),
                         _entropy_q(scores, self.latent))
 
@@ -146,11 +147,11 @@ class SumAndSample(Estimator):
             m = ops.exp(lse_out - ops.logsumexp(s, axis=1))                     # 1 - π(C)
             log_cond = s[rows, z_out] - lse_out                                 # log π(z'|¬C)
             use = self.options["baseline"] == "mean"
-            beta = self._baseline_value() if use else 0.0
+            beta = xp.asarray(self._baseline_value(), dtype=dtype) if use else 0.0
             per = summed + m * l_out + log_cond * (m.data * (l_out.data - beta))
             reported = summed.data + m.data * l_out.data
             if use:
-                self._update_baseline(float(l_out.data.mean()))
+                self._update_baseline(l_out.data.mean().astype(np.float64))
         else:
             per, reported = summed, summed.data
         calls = xp.full(B, k + int(sample), dtype=np.int64)
