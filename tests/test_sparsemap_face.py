@@ -204,3 +204,14 @@ def test_bad_oracles(xp):
         sparsemap(t, lambda s: s * 2)
     with pytest.raises(ValueError, match="init must have the shape of t"):
         sparsemap(t, bitvector_oracle, init=xp.zeros(3))
+
+
+def test_vjp_of_a_dependent_support_is_an_error(xp):
+    """A hand-built result whose vertices are affinely dependent: a clear error
+    on every backend (CuPy's solve does not raise on a singular matrix)."""
+    from refimpl import SparseMAPResult
+    V = xp.asarray(np.array([[[0.0, 0.0], [1.0, 1.0], [0.5, 0.5]]]))
+    w = xp.asarray(np.array([[0.2, 0.3, 0.5]]))
+    res = SparseMAPResult(vertices=V, weights=w, marginals=w[:, :2], n_iter=1)
+    with pytest.raises(ValueError, match="affinely dependent"):
+        sparsemap_vjp(res, xp.ones_like(w))
