@@ -47,32 +47,39 @@ def capped_projection(t, B):
     """Projection of ``t`` (n, D) onto ``{μ ∈ [0,1]^D, Σμ <= B}``.
 
     ``μ = clip(t - λ, 0, 1)`` with ``λ = 0`` if that fits, else the λ with
-    ``Σμ = B``.  That λ lies in ``[t_(B+1) - 1, t_(B+1)]`` (``t_(B+1)`` the
-    (B+1)-th largest score: below, B + 1 entries would be 1; above, at most
-    B entries are positive), an interval of length 1 whatever the magnitudes:
-    bisection there locates the free set F and the ones O, then
-    ``λ = (Σ_F t_i + |O| - B) / |F|`` exactly on them (twice, to settle).
+    ``h(λ) = Σ clip(t_i - λ, 0, 1) = B``.  ``h`` is continuous, decreasing and
+    linear between the breakpoints ``{t_i} ∪ {t_i - 1}``.  With the
+    breakpoints sorted in decreasing order, the coordinates before position
+    ``j`` are the positive ones (a ``t_i``) and the ones at 1 (a ``t_i - 1``)
+    just above ``b_j``, so prefix counts and sums give ``h(b_j)`` for all j at
+    once; on the first piece where ``h`` reaches B,
+    ``λ = (|O| + Σ_P t_i - Σ_O t_i - B) / (|P| - |O|)`` exactly.
+    (Ties between breakpoints do not matter: ``h`` is continuous.)
     """
     xp = xp_of(t)
     n, D = t.shape
     mu = xp.clip(t, 0, 1)
     if B >= D:
         return mu
+    vals = xp.concatenate([t, t - 1], axis=1)                              # (n, 2D) breakpoints
+    order = xp.argsort(-vals, axis=1, kind="stable")
+    b = xp.take_along_axis(vals, order, axis=1)                            # decreasing
+    upper = (order < D).astype(t.dtype)                                    # a t_i: i enters P
+    score = xp.take_along_axis(xp.concatenate([t, t], axis=1), order, axis=1)
+
+    def before(x):                                                         # exclusive prefix sums
+        c = xp.cumsum(x, axis=1)
+        return c - x
+
+    nP, sP = before(upper), before(upper * score)
+    nO, sO = before(1 - upper), before((1 - upper) * score)
+    h = nO + (sP - sO) - b * (nP - nO)                                     # h(b_j), increasing in j
+    j = xp.argmax(h >= B, axis=1)[:, None]                                 # first piece reaching B
+    pick = [xp.take_along_axis(a, j, axis=1)[:, 0] for a in (nP, sP, nO, sO, b)]
+    nP, sP, nO, sO, bj = pick
+    slope = nP - nO
+    lam = xp.where(slope > 0, (nO + sP - sO - B) / xp.where(slope > 0, slope, 1), bj)
     over = xp.sum(mu, axis=1) > B
-    kth = xp.sort(t, axis=1)[:, D - B - 1]                              # (B+1)-th largest
-    lo, hi = xp.maximum(kth - 1, 0), xp.maximum(kth, 0)
-    for _ in range(48):                                                  # 2^-48: far inside the ties
-        mid = (lo + hi) / 2
-        big = xp.sum(xp.clip(t - mid[:, None], 0, 1), axis=1) > B
-        lo, hi = xp.where(big, mid, lo), xp.where(big, hi, mid)
-    lam = hi
-    for _ in range(2):
-        shifted = t - lam[:, None]
-        free = (shifted > 0) & (shifted < 1)
-        n_free = xp.sum(free, axis=1)
-        exact = (xp.sum(xp.where(free, t, 0), axis=1) + xp.sum(shifted >= 1, axis=1) - B) \
-            / xp.maximum(n_free, 1)
-        lam = xp.where(n_free > 0, exact, lam)
     return xp.where(over[:, None], xp.clip(t - lam[:, None], 0, 1), mu)
 
 
