@@ -61,6 +61,11 @@ def capped_projection(t, B):
     mu = xp.clip(t, 0, 1)
     if B >= D:
         return mu
+    # λ ∈ [t_(B+1) - 1, t_(B+1)] (t_(B+1) the (B+1)-th largest: below, B + 1
+    # entries would be 1; above, at most B are positive), so clipping t to
+    # [t_(B+1) - 2, t_(B+1) + 2] changes no μ_i, and keeps huge entries out of the sums
+    kth = xp.sort(t, axis=1)[:, D - B - 1:D - B]
+    t = xp.clip(t, kth - 2, kth + 2)
     vals = xp.concatenate([t, t - 1], axis=1)                              # (n, 2D) breakpoints
     order = xp.argsort(-vals, axis=1, kind="stable")
     b = xp.take_along_axis(vals, order, axis=1)                            # decreasing
