@@ -237,7 +237,7 @@ def _iterate(sets, oracle, tol):
     return converged
 
 
-def sparsemap(t, oracle, max_iter=None, tol=1e-9):
+def sparsemap(t, oracle, max_iter=None, tol=1e-9, init=None):
     """Sparse structured distribution: SparseMAP by the active-set method.
 
     Solves ``argmin_{ξ ∈ Δ} ||A ξ - t||²`` (paper §4.2, Eq. 1) over the
@@ -251,7 +251,7 @@ def sparsemap(t, oracle, max_iter=None, tol=1e-9):
     the oracle on ``t - μ`` and stops when ``<a_ẑ, t - μ> <= τ + tol·(1 +
     ||t||_∞)`` (or ẑ is already active), else adds ẑ.  All examples iterate
     together; finished ones stay frozen until half the working set is done,
-    then leave it.  Starts from ``oracle(t)``.
+    then leave it.  Starts from ``oracle(t)``, or from ``init``.
 
     Parameters
     ----------
@@ -264,6 +264,9 @@ def sparsemap(t, oracle, max_iter=None, tol=1e-9):
         that differ by many orders of magnitude (say ``|t_i| >= 1e7`` beside
         O(1) entries) cannot be resolved by the solves, whose right-hand
         sides add them up (docs/derivations.md §4.2).
+    init : None (start from ``oracle(t)``) or an (..., D) array of 0/1 starting
+        vertices, one per example, each a vertex of the polytope (e.g. ``Σz <= B``
+        for :func:`refimpl.budget_oracle`); the marginals do not depend on it.
 
     Returns
     -------
@@ -275,7 +278,14 @@ def sparsemap(t, oracle, max_iter=None, tol=1e-9):
     lead, D = t.shape[:-1], t.shape[-1]
     t64 = t.reshape(-1, D).astype(np.float64)                      # (N, D)
     max_iter = 20 * (D + 2) if max_iter is None else int(max_iter)
-    sets = _ActiveSets.start(t64, oracle(t64).astype(np.float64))
+    if init is None:
+        first = oracle(t64).astype(np.float64)
+    else:
+        if tuple(init.shape) != tuple(t.shape):
+            raise ValueError(f"sparsemap: init must have t's shape {tuple(t.shape)} (one 0/1 "
+                             f"starting vertex per example), got {tuple(init.shape)}")
+        first = xp.asarray(init).reshape(-1, D).astype(np.float64)
+    sets = _ActiveSets.start(t64, first)
     finished, n_iter = [], 0
     while len(sets):
         if n_iter >= max_iter:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from experiments import bitvae
-from experiments.bitvae_model import (BitVAE, authors_nll, bit_codes, importance_nll,
+from experiments.bitvae_model import (NLL_UNIFORM, BitVAE, _importance_weights, authors_nll,
+                                      bit_codes, effective_sample_size, importance_nll,
                                       log_bernoulli, logsumexp, pixel_categorical_nll,
                                       pixel_categorical_nll_reference)
 from experiments.common import load_checkpoint, read_metrics
@@ -197,25 +198,46 @@ def _topk_posterior(model, x):
     return t.data, est
 
 
-def test_importance_nll_is_unbiased_for_p_x_with_a_sparse_q(data_dir):
+@pytest.mark.parametrize("proposal", ["sparse", "bernoulli"])
+def test_importance_nll_mixture_is_unbiased_with_bounded_weights_and_reports_ess(data_dir,
+                                                                                 proposal):
+    """r = (q + Bernoulli + uniform)/3 (sparse q) or 2/3 Bernoulli + 1/3 uniform, D = 4:
+    exact p(x) by enumerating all 16 codes."""
     x = _images(data_dir, 2)[:, PIXELS].copy()
     model = _peaked_tiny_model()
     exact, _ = _exact_log_px(model, x)
     t, est = _topk_posterior(model, x)
+    probs, support = (est.probs.data, est.support) if proposal == "sparse" else (None, None)
     decode, rng = model.decode_nll_rows, np.random.default_rng(0)
-    # many samples: log p̂ converges to log p(x)
-    log_px, _ = importance_nll(decode, x, t, 8000, rng, est.probs.data, est.support)
+    # many samples: log p̂ converges to log p(x); the ESS is reported per image, in [1, S]
+    log_px, ess, _ = importance_nll(decode, x, t, 8000, rng, probs, support)
     np.testing.assert_allclose(log_px, exact, atol=0.05)
+    assert ess.shape == (2,) and np.all((ess >= 1) & (ess <= 8000))
+    # every weight p(x|z) 2^-D / r(z) is at most 1/γ = 3 (x discrete: p(x|z) <= 1)
+    log_w, _ = _importance_weights(decode, x, t, 8000, rng, probs, support, NLL_UNIFORM)
+    assert log_w.max() <= math.log(3.0) + 1e-12
+    np.testing.assert_allclose(effective_sample_size(log_w),
+                               np.exp(log_w).sum(1) ** 2 / np.exp(2 * log_w).sum(1), rtol=1e-10)
     # 4 samples, 1000 independent repeats (as a batch): mean of p̂/p(x) is 1 (unbiased)
     R = 1000
-    reps, _ = importance_nll(decode, np.tile(x, (R, 1)), np.tile(t, (R, 1)), 4, rng,
-                             np.tile(est.probs.data, (R, 1)), np.tile(est.support, (R, 1, 1)))
+    tile = (lambda a, reps: None if a is None else np.tile(a, reps))
+    reps, _, _ = importance_nll(decode, np.tile(x, (R, 1)), np.tile(t, (R, 1)), 4, rng,
+                                tile(probs, (R, 1)), tile(support, (R, 1, 1)))
     ratio = np.exp(reps.reshape(R, 2) - exact)
     np.testing.assert_allclose(ratio.mean(axis=0), 1.0, atol=4 * ratio.std(axis=0).max() / R ** 0.5)
     assert np.mean(reps.reshape(R, 2) < exact) > 0.5          # log p̂ is usually below log p
-    # Bernoulli methods (probs=None): r = Bernoulli(σ(t))
-    log_px_b, _ = importance_nll(decode, x, t, 8000, rng)
-    np.testing.assert_allclose(log_px_b, exact, atol=0.05)
+
+
+def test_importance_nll_without_the_uniform_component_is_the_old_mixture(data_dir):
+    x = _images(data_dir, 2)[:, PIXELS].copy()
+    model = _peaked_tiny_model()
+    exact, _ = _exact_log_px(model, x)
+    t, est = _topk_posterior(model, x)
+    log_px, _, _ = importance_nll(model.decode_nll_rows, x, t, 8000, np.random.default_rng(1),
+                                  est.probs.data, est.support, uniform=0.0)
+    np.testing.assert_allclose(log_px, exact, atol=0.05)
+    with pytest.raises(ValueError, match="uniform"):
+        importance_nll(model.decode_nll_rows, x, t, 4, np.random.default_rng(1), uniform=1.0)
 
 
 def test_authors_estimator_is_as_stated_and_counts_the_support_twice(data_dir):
@@ -370,7 +392,10 @@ def _exit_code_and_stderr(capsys, argv):
     (["--bits", "0"], "positive integer"),
     (["--k", "0"], "positive integer"),
     (["--bits", "3", "--k", "9"], "exceeds the 2^D"),
-    (["--budget", "40"], "at most --bits"),
+    (["--method", "sparsemap-budget", "--budget", "40"], "at most --bits"),
+    (["--method", "sparsemap", "--sparsemap-encoding", "ternary"], "invalid choice"),
+    (["--method", "sparsemap", "--sparsemap-init", "zeros"], "invalid choice"),
+    (["--method", "sfe-plus", "--sfe-plus-baseline", "mean"], "invalid choice"),
     (["--max-train", "60000"], "exceeds"),
     (["--lr", "nan"], "positive"),
     (["--resume"], "no checkpoint"),
