@@ -332,6 +332,75 @@ def test_smoke_run_writes_every_output_and_learns(cli_runs, method):
         assert 1 <= test["calls_p10"] <= test["calls_p90"] <= (10 if method == "topk" else 33)
 
 
+def test_collapse_monitor_and_default_encoding_in_the_smoke_runs(cli_runs):
+    for method in bitvae.METHODS:
+        config = json.loads((cli_runs[method] / "config.json").read_text())
+        assert config["sparsemap_encoding"] == "onehot" and config["sparsemap_init"] == "oracle"
+        assert config["gumbel_rate"] == 1e-5 and config["sfe_plus_baseline"] == "detached"
+        for r in read_metrics(cli_runs[method] / "metrics.jsonl"):
+            assert 0.0 <= r["frozen_steps"] <= 1.0
+            if method in bitvae.SPARSE:
+                assert 0.0 <= r["single_vertex_rows"] <= 1.0
+            else:
+                assert r["single_vertex_rows"] is None and r["frozen_steps"] == 0.0
+        ess = json.loads((cli_runs[method] / "test.json").read_text())["nll_ess"]
+        assert 1.0 <= ess["min"] <= ess["mean"] <= 4 and ess["samples"] == 4
+
+
+def _frozen_after_one_step(model, method, encoding, images, scale):
+    """One training step's monitor on a batch whose encoder scores are shifted by ``scale``."""
+    est = make_estimator(method, "bits", sparsemap_encoding=encoding)
+    t = model.encode(images)
+    t = (t + scale).retain_grad()
+    objective, e = bitvae.batch_objective(model, est, images, None, t=t)
+    objective.backward()
+    frozen = bool(bitvae.encoder_frozen(t))
+    return frozen, bitvae.collapse_monitor(int(frozen), 1, e.calls, True), t
+
+
+def test_collapse_monitor_counts_a_constructed_frozen_batch_and_a_live_one(data_dir):
+    x = _images(data_dir, 8)
+    model = BitVAE(6, np.random.default_rng(0), dtype=np.float64, hidden=16, dec_hidden=8)
+    # every score far outside (0, 1): binary SparseMAP puts each example on one vertex
+    frozen, fig, t = _frozen_after_one_step(model, "sparsemap", "binary", x, 50.0)
+    assert frozen and fig == {"frozen_steps": 1.0, "single_vertex_rows": 1.0}
+    assert np.all(t.grad == 0)
+    # scores near 0: the one-hot encoding's band (-1, 1) holds them all: live, several vertices
+    frozen, fig, t = _frozen_after_one_step(model, "sparsemap", "onehot", x, 0.0)
+    assert not frozen and fig["frozen_steps"] == 0.0 and fig["single_vertex_rows"] < 1.0
+    assert np.any(t.grad != 0)
+    # the figures over an epoch: 3 frozen steps of 4; 2 of 5 examples with one vertex
+    fig = bitvae.collapse_monitor(3, 4, np.array([1, 2, 1, 4, 3]), True)
+    assert fig == {"frozen_steps": 0.75, "single_vertex_rows": 0.4}
+    assert bitvae.collapse_monitor(0, 4, np.array([1, 1]), False)["single_vertex_rows"] is None
+
+
+@pytest.mark.slow
+def test_default_encoding_trains_where_binary_freezes(tmp_path, capsys, data_dir):
+    """D = 32, 6,400 images, 2 epochs (200 steps), seed 2: binary SparseMAP ends frozen
+    (with the warning line), the default one-hot encoding does not."""
+    base = ["--method", "sparsemap", "--bits", "32", "--max-train", "6400", "--epochs", "2",
+            "--seed", "2", "--nll-samples", "0", "--max-test", "16", "--data-dir", str(data_dir)]
+    assert bitvae.main([*base, "--out", str(tmp_path / "onehot")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert bitvae.main([*base, "--sparsemap-encoding", "binary",
+                        "--out", str(tmp_path / "binary")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    onehot, binary = (read_metrics(tmp_path / d / "metrics.jsonl")[-1] for d in ("onehot", "binary"))
+    assert onehot["frozen_steps"] < 0.5 and onehot["single_vertex_rows"] < 1.0
+    assert binary["frozen_steps"] == 1.0 and binary["single_vertex_rows"] == 1.0
+    assert len(warned) == 1 and "epoch 2" in warned[0] and "--sparsemap-encoding onehot" in warned[0]
+
+
+def test_options_a_method_does_not_use_are_ignored(tmp_path, data_dir):
+    """--k beyond 2^D with sparsemap-budget, --budget beyond D with topk: not validated."""
+    parse = lambda argv: bitvae.resolve_args(bitvae.build_parser().parse_args(argv), None)  # noqa: E731
+    assert parse(["--method", "sparsemap-budget", "--bits", "3", "--k", "9"]).budget == 1
+    assert parse(["--method", "topk", "--bits", "4", "--budget", "40"]).k == 10
+    assert parse(["--bits", "128"]).gumbel_rate == 1e-4
+    assert parse(["--bits", "128", "--gumbel-rate", "2e-5"]).gumbel_rate == 2e-5
+
+
 def test_plot_overlays_runs(cli_runs, tmp_path):
     from experiments.plot import main as plot_main
     assert plot_main([str(cli_runs["topk"]), str(cli_runs["sfe"]),
