@@ -9,8 +9,8 @@ from pathlib import Path
 
 __all__ = ["make_parser", "add_common_args", "add_backend_arg", "add_seed_arg", "add_out_arg",
            "add_data_dir_arg", "add_resume_arg", "add_training_args", "add_max_train_arg",
-           "add_dtype_arg", "add_sfe_plus_baseline_arg", "cli_error", "positive_int", "nonnegative_int", "positive_float",
-           "select_backend", "prepare_out_dir"]
+           "add_dtype_arg", "add_sfe_plus_baseline_arg", "cli_error", "positive_int",
+           "nonnegative_int", "positive_float", "select_backend", "prepare_out_dir"]
 
 
 # =========================================================================== CLI
