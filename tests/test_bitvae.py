@@ -399,6 +399,14 @@ def test_options_a_method_does_not_use_are_ignored(tmp_path, data_dir):
     assert parse(["--method", "topk", "--bits", "4", "--budget", "40"]).k == 10
     assert parse(["--bits", "128"]).gumbel_rate == 1e-4
     assert parse(["--bits", "128", "--gumbel-rate", "2e-5"]).gumbel_rate == 2e-5
+    # the authors' variants reach the estimator only for the method that uses them
+    est = bitvae.make_method_estimator(parse(["--method", "sparsemap", "--sparsemap-init", "random",
+                                              "--sfe-plus-baseline", "authors"]))
+    assert est.options["sparsemap_init"] == "random" and est.options["sparsemap_encoding"] == "onehot"
+    assert "sfe_plus_baseline" not in est.options
+    est = bitvae.make_method_estimator(parse(["--method", "sfe-plus", "--sfe-plus-baseline",
+                                              "authors", "--sparsemap-init", "random"]))
+    assert est.options == {"sfe_plus_baseline": "authors"}
 
 
 def test_plot_overlays_runs(cli_runs, tmp_path):
