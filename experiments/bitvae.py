@@ -14,10 +14,15 @@ training images and the first ``min(5000, max(N // 10, 64))`` validation images.
 
 Outputs in ``--out``: ``config.json``; ``metrics.jsonl`` (one line per epoch:
 train/validation ELBO, validation rate and distortion in nats, decoder calls
-per training example -- mean, median, p10/25/75/90 -- and seconds);
+per training example -- mean, median, p10/25/75/90 -- seconds, and the collapse monitor:
+``frozen_steps``, the fraction of steps whose gradient w.r.t. the encoder scores was
+exactly 0 for the whole batch, and ``single_vertex_rows``, the fraction of examples whose
+support had one assignment; an epoch with every step frozen prints one warning line);
 ``best.npz`` / ``last.npz`` checkpoints (atomic); ``test.json`` (test ELBO,
 rate, distortion, calls, NLL in bits/dim by the shared importance-sampling
-estimator and by the authors' one); PNG plots.  ``--resume`` continues from
+estimator -- with its effective sample size per image, ``nll_ess`` -- and by the
+authors' one); PNG plots.  Options a method does not use (``--k`` outside topk,
+``--budget`` outside sparsemap-budget, ...) are ignored silently.  ``--resume`` continues from
 ``last.npz`` and reproduces an uninterrupted run exactly on NumPy.
 
 BLAS threads: run as a script, OPENBLAS_NUM_THREADS defaults to 1 (set it to
@@ -66,9 +71,11 @@ PAPER_HPARAMS = {
 }
 N_TRAIN, N_VAL = 55000, 5000
 GUMBEL_MIN, GUMBEL_EVERY = 0.5, 1000
+GUMBEL_RATE = {32: 1e-5, 128: 1e-4}      # the authors' temperature decay rate, by D column
 # Options that must match the checkpoint on --resume (the rest may change).
-RESUME_KEYS = ("method", "bits", "k", "budget", "sparsemap_encoding", "lr", "batch_size", "seed",
-               "max_train", "dtype", "backend", "gumbel_rate")
+RESUME_KEYS = ("method", "bits", "k", "budget", "sparsemap_encoding", "sparsemap_init",
+               "sfe_plus_baseline", "lr", "batch_size", "seed", "max_train", "dtype", "backend",
+               "gumbel_rate")
 DECODE_ROWS = {"numpy": 4096, "cupy": 32768}
 
 
@@ -80,12 +87,20 @@ def build_parser():
                    help="how E_q[-log p(x|z)] is trained: sparse marginalisation (topk, sparsemap, "
                         "sparsemap-budget) or sampling (sfe, sfe-plus, gumbel, st-gumbel)")
     p.add_argument("--bits", type=common.positive_int, default=32, help="latent bits D")
-    p.add_argument("--k", type=common.positive_int, default=10, help="top-k: assignments kept (<= 2^D)")
+    p.add_argument("--k", type=common.positive_int, default=10,
+                   help="topk: assignments kept (<= 2^D); ignored by other methods")
     p.add_argument("--budget", type=common.positive_int, default=None,
-                   help="sparsemap-budget: at most B bits on (default D/2; 1 <= B <= D)")
-    p.add_argument("--sparsemap-encoding", choices=("binary", "onehot"), default="binary",
-                   help="SparseMAP scores: binary a_z in {0,1}^D (paper) or the authors' one-hot "
-                        "encoding, i.e. SparseMAP((t + 1)/2)")
+                   help="sparsemap-budget: at most B bits on (default D/2; 1 <= B <= D); ignored "
+                        "by other methods")
+    p.add_argument("--sparsemap-encoding", choices=("binary", "onehot"), default="onehot",
+                   help="sparsemap(-budget) scores: the authors' one-hot encoding, i.e. "
+                        "SparseMAP((t + 1)/2) (default), or binary a_z in {0,1}^D, the paper's "
+                        "literal form, whose encoder gradient is exactly 0 once no score lies in "
+                        "(0, 1) -- it froze the encoder in short runs (docs/results.md)")
+    p.add_argument("--sparsemap-init", choices=("oracle", "random"), default="oracle",
+                   help="sparsemap(-budget): start the active set at the oracle's vertex "
+                        "(default) or at a random vertex, as the authors' code")
+    common.add_sfe_plus_baseline_arg(p)
     common.add_common_args(p, epochs=100, batch_size=None)
     p.add_argument("--nll-samples", type=common.nonnegative_int, default=1024,
                    help="importance samples per test image for the NLL (0: skip the NLL)")
@@ -93,9 +108,10 @@ def build_parser():
                    help="evaluate only the first N test images (quick runs)")
     p.add_argument("--eval-batch-size", type=common.positive_int, default=256,
                    help="examples per batch for validation and test")
-    p.add_argument("--gumbel-rate", type=common.positive_float, default=1e-5,
+    p.add_argument("--gumbel-rate", type=common.positive_float, default=None,
                    help="Gumbel temperature tau = max(0.5, exp(-rate * step)), step rounded down "
-                        "to a multiple of 1000")
+                        "to a multiple of 1000 (default: the authors' per D, 1e-5 for D <= 64 and "
+                        "1e-4 above)")
     p.add_argument("--log-every", type=common.positive_int, default=50,
                    help="steps between progress-bar updates and loss checks (on a GPU, 2 host "
                         "syncs each; every step also has 1, the estimator's input check)")
@@ -108,12 +124,15 @@ def build_parser():
 def resolve_args(args, parser):
     """Check cross-option constraints and fill the method defaults (lr, batch, budget)."""
     D = args.bits
-    if D < 63 and args.k > 2 ** D:
+    # An option the method does not use is ignored silently (never validated).
+    if args.method == "topk" and D < 63 and args.k > 2 ** D:
         common.cli_error(parser, f"--k {args.k} exceeds the 2^D = {2 ** D} assignments of D = {D}")
     if args.budget is None:
         args.budget = max(1, D // 2)
-    if args.budget > D:
+    if args.method == "sparsemap-budget" and args.budget > D:
         common.cli_error(parser, f"--budget {args.budget} must be at most --bits {D}")
+    if args.gumbel_rate is None:
+        args.gumbel_rate = GUMBEL_RATE[32 if D <= 64 else 128]
     if args.max_train is not None and args.max_train > N_TRAIN:
         common.cli_error(parser, f"--max-train {args.max_train} exceeds the {N_TRAIN} training images")
     if args.max_test is not None and args.max_test > 10000:
@@ -130,6 +149,8 @@ def make_method_estimator(args):
         args.method, "bits", k=args.k if args.method == "topk" else None,
         budget=args.budget if args.method == "sparsemap-budget" else None,
         sparsemap_encoding=args.sparsemap_encoding if args.method in SPARSE[1:] else None,
+        sparsemap_init=args.sparsemap_init if args.method in SPARSE[1:] else None,
+        sfe_plus_baseline=args.sfe_plus_baseline if args.method == "sfe-plus" else None,
         temperature=1.0 if "gumbel" in args.method else None)
 
 
@@ -159,10 +180,12 @@ def load_splits(args, xp, parser):
 
 
 # =========================================================================== one step
-def batch_objective(model, estimator, images, rng):
+def batch_objective(model, estimator, images, rng, t=None):
     """-> (objective Tensor, Estimate): objective = mean_b [surrogate_b - H(π_b)] (entropy
-    coefficient 1) for uint8 images (B, 784); the loss of example b is ``loss_b - H_b``."""
-    t = model.encode(images)
+    coefficient 1) for uint8 images (B, 784); the loss of example b is ``loss_b - H_b``.
+    ``t``: the encoder scores of ``images`` if already computed (the collapse monitor keeps
+    their gradient)."""
+    t = model.encode(images) if t is None else t
 
     def loss_fn(idx, z):
         return model.decode_nll(z, images[idx])
@@ -175,20 +198,47 @@ class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
+def encoder_frozen(t):
+    """Device bool: is the gradient w.r.t. the encoder scores ``t`` (a Tensor whose grad was
+    retained) exactly zero for the whole batch?  (No gradient reaching t counts as zero.)"""
+    if t.grad is None:
+        return t.xp.asarray(True)
+    return ~t.xp.any(t.grad != 0)
+
+
+def collapse_monitor(frozen, steps, calls, sparse):
+    """The epoch's collapse figures: ``frozen_steps`` = frozen / steps (steps whose gradient
+    w.r.t. the encoder scores was exactly zero for the whole batch) and, for the sparse
+    methods, ``single_vertex_rows`` = the fraction of training examples whose support had one
+    assignment (None for the sampling methods)."""
+    calls = to_numpy(calls)
+    return {"frozen_steps": float(frozen) / steps,
+            "single_vertex_rows": float((calls == 1).mean()) if sparse else None}
+
+
+FROZEN_WARNING = ("warning: epoch {epoch}: the gradient w.r.t. the encoder scores was exactly 0 "
+                  "at every step (every support a single vertex): the encoder is frozen and only "
+                  "the decoder learns; use --sparsemap-encoding onehot, or a smaller --lr")
+
+
 def train_epoch(run, images, epoch, args):
-    """One pass over ``images`` in a fresh random order; returns the epoch's device sums."""
+    """One pass over ``images`` in a fresh random order; returns the epoch's device sums:
+    loss sum, calls per example (N,), and the number of steps whose encoder-score gradient
+    was exactly zero (see :func:`collapse_monitor`)."""
     xp, B = run.xp, args.batch_size
     N = images.shape[0]
     order = xp.asarray(run.rng_data.permutation(N))
     steps = -(-N // B)
     loss_sum, calls = xp.zeros((), dtype=np.float64), xp.zeros(N, dtype=np.int64)
+    frozen = xp.zeros((), dtype=np.int64)
     bar = common.progress(range(steps), total=steps, desc=f"epoch {epoch}/{args.epochs}")
     for s in bar:
         if "gumbel" in args.method:
             run.estimator.temperature = gumbel_temperature(run.step, args.gumbel_rate)
         x = images[order[s * B:(s + 1) * B]]
         try:
-            objective, est = batch_objective(run.model, run.estimator, x, run.rng_noise)
+            t = run.model.encode(x).retain_grad()
+            objective, est = batch_objective(run.model, run.estimator, x, run.rng_noise, t=t)
         except NonFiniteLossError as exc:
             raise NonFiniteLoss(f"epoch {epoch}, step {s + 1} (global step {run.step + 1}): "
                                 f"{exc}") from None
@@ -197,6 +247,7 @@ def train_epoch(run, images, epoch, args):
                                 f"loss = {float(objective.data)}")
         run.opt.zero_grad()
         objective.backward()
+        frozen += encoder_frozen(t)
         run.opt.step()
         run.step += 1
         loss_sum += (est.loss - est.entropy.data).sum()
@@ -208,7 +259,7 @@ def train_epoch(run, images, epoch, args):
                 raise NonFiniteLoss(f"epoch {epoch}, by step {s + 1} (global step {run.step}): "
                                     f"mean loss = {mean_loss}")
             bar.set_postfix(loss=mean_loss, calls=float(calls[:done].mean()))
-    return loss_sum, calls
+    return loss_sum, calls, frozen
 
 
 # =========================================================================== evaluation
@@ -291,7 +342,8 @@ def train(run, data, args, out, log):
     D, n_train = args.bits, data["train"].shape[0]
     while run.epoch < args.epochs:
         epoch, start, cpu = run.epoch + 1, time.perf_counter(), time.process_time()
-        loss_sum, calls = train_epoch(run, data["train"], epoch, args)
+        loss_sum, calls, frozen = train_epoch(run, data["train"], epoch, args)
+        steps = -(-n_train // args.batch_size)
         val = evaluate(run.model, run.estimator, args.method in SPARSE, data["val"],
                        eval_rng(args.seed, "val", epoch), args.eval_batch_size,
                        DECODE_ROWS[args.backend])
@@ -299,7 +351,8 @@ def train(run, data, args, out, log):
                   "train_elbo": -float(loss_sum) / n_train - D * math.log(2),
                   "val_elbo": val["elbo"], "rate": val["rate"], "distortion": val["distortion"],
                   **common.summarize_calls(to_numpy(calls), prefix="calls_"),
-                  "val_calls_mean": float(val["calls"].mean())}
+                  "val_calls_mean": float(val["calls"].mean()),
+                  **collapse_monitor(frozen, steps, calls, args.method in SPARSE)}
         if "gumbel" in args.method:
             record["temperature"] = run.estimator.temperature
         run.epoch = epoch
@@ -313,6 +366,8 @@ def train(run, data, args, out, log):
         print(f"epoch {epoch}: train ELBO {record['train_elbo']:.2f}, val ELBO {val['elbo']:.2f} "
               f"(rate {val['rate']:.2f}, distortion {val['distortion']:.2f}), calls "
               f"{record['calls_mean']:.2f}, {record['seconds']:.1f}s", file=sys.stderr, flush=True)
+        if record["frozen_steps"] == 1.0:
+            print(FROZEN_WARNING.format(epoch=epoch), file=sys.stderr, flush=True)
 
 
 def test(run, data, args, out):
@@ -327,9 +382,11 @@ def test(run, data, args, out):
               "test_examples": int(data["test"].shape[0]), "elbo": res["elbo"], "rate": res["rate"],
               "distortion": res["distortion"], **common.summarize_calls(res["calls"], "calls_"),
               "nll_samples": args.nll_samples,
-              "nll_estimator": "defensive mixture r = q/2 + Bernoulli(sigmoid(t))/2, "
-                               "uniform prior; logsumexp of importance weights",
-              "nll_bits_per_dim": res.get("nll_bits_per_dim"),
+              "nll_estimator": ("defensive mixture r = (q + Bernoulli(sigmoid(t)) + uniform)/3"
+                                if args.method in SPARSE else
+                                "defensive mixture r = 2/3 Bernoulli(sigmoid(t)) + 1/3 uniform")
+                               + ", uniform prior; logsumexp of importance weights (each <= 3)",
+              "nll_bits_per_dim": res.get("nll_bits_per_dim"), "nll_ess": res.get("nll_ess"),
               "authors_nll_bits_per_dim": res.get("authors_nll_bits_per_dim"),
               "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
     common.write_json(out / "test.json", result)

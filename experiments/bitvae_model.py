@@ -24,6 +24,7 @@ from refimpl.numerics import log_sigmoid as _log_sigmoid
 
 __all__ = ["pixel_categorical_nll", "pixel_categorical_nll_reference", "BitVAE", "bit_codes",
            "draw_bernoulli", "log_bernoulli", "bernoulli_entropy", "importance_nll", "authors_nll",
+           "effective_sample_size", "NLL_UNIFORM",
            "logsumexp", "evaluate", "HEAD_CHUNK_PIXELS"]
 
 N_PIXELS, CHANNELS, LEVELS = 784, 5, 256
@@ -272,57 +273,92 @@ def _log_q_sparse(z, probs, support):
         return xp.log(q)
 
 
-def importance_nll(decode, targets, t, n_samples, rng, probs=None, support=None):
+NLL_UNIFORM = 1.0 / 3.0     # weight of the uniform-prior component of the NLL proposal
+
+
+def _importance_weights(decode, targets, t, n_samples, rng, probs, support, uniform):
+    """Draws z_s ~ r and their log importance weights log p(x|z_s) 2^-D / r(z_s): (B, S).
+
+    r = γ·2^-D + (1-γ)·m(z), γ = ``uniform``, m = ½ π + ½ Π_i Bernoulli(σ(t_i)) for a
+    sparse π over ``support`` (``probs`` given), m = Bernoulli(σ(t)) otherwise.  Each
+    draw picks its component with one numpy uniform.  Returns (log_w (B, S) float64,
+    -log p(x|z_s) (B, S))."""
+    xp = xp_of(t)
+    B, D = t.shape
+    log2 = math.log(2.0)
+    u = xp.asarray(rng.random((B, n_samples)))
+    z = draw_bernoulli(t, n_samples, rng)                                # (B, S, D)
+    if probs is not None:
+        on_pi = u < (1.0 - uniform) / 2
+        z = xp.where(on_pi[:, :, None], _draw_support(probs, support, n_samples, rng), z)
+    if uniform > 0:
+        flat = xp.asarray(rng.random((B, n_samples, D)) < 0.5).astype(t.dtype)
+        z = xp.where((u >= 1.0 - uniform)[:, :, None], flat, z)
+    log_m = log_bernoulli(z, t[:, None, :])
+    if probs is not None:
+        log_m = xp.logaddexp(_log_q_sparse(z, probs, support), log_m) - log2
+    if uniform > 0:
+        log_r = xp.logaddexp(math.log(uniform) - D * log2, math.log1p(-uniform) + log_m)
+    else:
+        log_r = log_m
+    nll = decode(z.reshape(B * n_samples, D),
+                 xp.repeat(targets, n_samples, axis=0)).reshape(B, n_samples)
+    return -nll.astype(np.float64) - D * log2 - log_r, nll
+
+
+def effective_sample_size(log_w):
+    """Kish's ESS (Σ w)² / Σ w² per row of log weights (B, S), computed in log space."""
+    xp = xp_of(log_w)
+    return xp.exp(2 * logsumexp(log_w, axis=1) - logsumexp(2 * log_w, axis=1))
+
+
+def importance_nll(decode, targets, t, n_samples, rng, probs=None, support=None,
+                   uniform=NLL_UNIFORM):
     """Unbiased importance-sampling estimate of p(x), shared by every method.
 
-    Proposal: the defensive mixture ``r(z) = ½ q(z) + ½ Π_i Bernoulli(z_i; σ(t_i))``,
-    q the method's distribution (sparse methods: π over its ``support``;
-    SFE/Gumbel: ``probs=None`` and q = Bernoulli(σ(t)), so r = q).  With S =
-    ``n_samples`` draws z_s ~ r and the uniform prior p(z) = 2^-D,
+    Proposal: the defensive mixture with a uniform-prior component,
 
-        log p̂(x) = logsumexp_s [log p(x|z_s) - D log 2 - log r(z_s)] - log S.
+        r(z) = γ 2^-D + (1 - γ) m(z),   γ = ``uniform`` (default 1/3),
 
-    p̂(x) is unbiased for p(x) because r > 0 wherever p(x, z) > 0 (the Bernoulli
-    component has full support for finite t); log p̂ is a stochastic lower
-    bound of log p(x) that tightens as S grows.  Each draw takes the π
-    component with probability ½ (a numpy coin), else the Bernoulli one.
+    with m = ½ q + ½ Π_i Bernoulli(z_i; σ(t_i)) for the sparse methods (q = π over
+    ``support``; so r = (q + Bernoulli + uniform)/3 by default) and m = q =
+    Bernoulli(σ(t)) for SFE/Gumbel (``probs=None``).  With S = ``n_samples`` draws
+    z_s ~ r and the uniform prior p(z) = 2^-D,
+
+        log p̂(x) = logsumexp_s [log w_s] - log S,   w_s = p(x|z_s) 2^-D / r(z_s).
+
+    p̂(x) is unbiased for p(x) (r > 0 everywhere), and log p̂ is a stochastic lower
+    bound of log p(x) that tightens as S grows.  Bounded weights: x is discrete, so
+    p(x|z) <= 1 and r(z) >= γ 2^-D give w_s <= 1/γ (= 3) for every z; the variance of
+    p̂ is at most p(x)/(γ S).  ``uniform=0`` drops the component (unbounded weights).
 
     decode : ``(z (m, D), targets (m, P)) -> -log p(x|z)`` xp array (m,).
     targets : uint8 (B, P); t : encoder scores (B, D).
-    Returns (log p̂ (B,) float64, -log p(x|z_s) (B, S) for reuse).
+    Returns (log p̂ (B,) float64, ESS (B,) of the S weights (Kish), -log p(x|z_s) (B, S)).
     """
-    xp = xp_of(t)
-    B, D = t.shape
-    z = draw_bernoulli(t, n_samples, rng)                                # (B, S, D)
-    log_b = None
-    if probs is not None:
-        coin = xp.asarray(rng.random((B, n_samples)) < 0.5)
-        z = xp.where(coin[:, :, None], _draw_support(probs, support, n_samples, rng), z)
-        log_b = log_bernoulli(z, t[:, None, :])
-        log_r = xp.logaddexp(_log_q_sparse(z, probs, support), log_b) - math.log(2.0)
-    else:
-        log_r = log_bernoulli(z, t[:, None, :])
-    nll = decode(z.reshape(B * n_samples, D),
-                 xp.repeat(targets, n_samples, axis=0)).reshape(B, n_samples)
-    log_w = -nll.astype(np.float64) - D * math.log(2.0) - log_r
-    return logsumexp(log_w, axis=1) - math.log(n_samples), nll
+    if not 0.0 <= uniform < 1.0:
+        raise ValueError(f"importance_nll: uniform must lie in [0, 1), got {uniform!r}")
+    log_w, nll = _importance_weights(decode, targets, t, n_samples, rng, probs, support, uniform)
+    return logsumexp(log_w, axis=1) - math.log(n_samples), effective_sample_size(log_w), nll
 
 
-def authors_nll(decode, targets, support_nll, n_samples, rng, bits):
-    """The authors' estimate for sparse methods (docs/authors.md, Bit-vector VAE), exactly as stated:
+def authors_nll(decode, targets, support_nll, n_samples, rng, bits, t=None):
+    """The authors' estimate for sparse methods (docs/authors.md, Bit-vector VAE), as their code computes it:
 
         log p̂(x) = log[ 2^-D Σ_{z ∈ supp} p(x|z) + (1/S) Σ_s p(x|z_s) ],  z_s ~ uniform.
 
-    support_nll : (B, S') -log p(x|z) on the support, +inf on padding.
+    support_nll : (B, S') -log p(x|z) on the support, +inf on padding (sparse methods);
+    for SFE/Gumbel (``support_nll=None``) their proposal q = Bernoulli(σ(t)) itself:
+    :func:`importance_nll` with ``uniform=0`` on the scores ``t``.
     In expectation p̂ counts the support twice (the uniform term alone is unbiased
     for p(x)), so it overestimates p(x).  But with S ≪ 2^D uniform draws almost
     never hit the z where p(x|z) is large, so in practice the uniform term is
     negligible and the value is close to the support-only sum 2^-D Σ_supp p(x|z),
-    a LOWER bound of p(x) (NLL too high).  Reported for comparison only; for the
-    SFE/Gumbel methods the authors' proposal is q itself, which is what
-    :func:`importance_nll` does for them, so there the two estimates coincide.
+    a LOWER bound of p(x) (NLL too high).  Reported for comparison only.
     Returns log p̂ (B,) float64.
     """
+    if support_nll is None:
+        return importance_nll(decode, targets, t, n_samples, rng, uniform=0.0)[0]
     xp = xp_of(support_nll)
     B = targets.shape[0]
     z = xp.asarray(rng.random((B, n_samples, bits)) < 0.5).astype(np.float32)
@@ -356,7 +392,8 @@ def evaluate(model, estimator, sparse, images, rng, batch_size=256, decode_rows=
              nll_samples=0):
     """Mean ELBO, rate and distortion (nats) of uint8 ``images`` (N, P) without gradients,
     decoder calls per example (numpy (N,)), and with ``nll_samples`` the NLL in bits/dim by
-    :func:`importance_nll` and by :func:`authors_nll`.
+    :func:`importance_nll` (with its effective sample size per image, ``nll_ess``: mean
+    and min) and by :func:`authors_nll`.
 
     sparse : the estimator is deterministic with an explicit support (π, its ELBO is
     exact); otherwise q = Bernoulli(σ(t)) and the ELBO uses one hard sample z ~ q (also
@@ -365,8 +402,9 @@ def evaluate(model, estimator, sparse, images, rng, batch_size=256, decode_rows=
     """
     xp, D = model.xp, model.bits
     decode = lambda z, tg: model.decode_nll_rows(z, tg, decode_rows)  # noqa: E731
-    sums = {"distortion": 0.0, "entropy": 0.0, "log_px": 0.0, "authors_log_px": 0.0}
-    calls, N = [], images.shape[0]
+    sums = {"distortion": 0.0, "entropy": 0.0, "log_px": 0.0, "authors_log_px": 0.0,
+            "ess": 0.0}
+    calls, N, ess_min = [], images.shape[0], math.inf
     with no_grad():
         for i in range(0, N, batch_size):
             x = images[i:i + batch_size]
@@ -386,13 +424,15 @@ def evaluate(model, estimator, sparse, images, rng, batch_size=256, decode_rows=
                 per = max(1, decode_rows // (2 * nll_samples))
                 for j in range(0, x.shape[0], per):
                     sl = slice(j, j + per)
-                    log_px, _ = importance_nll(
+                    log_px, ess, _ = importance_nll(
                         decode, x[sl], t.data[sl], nll_samples, rng,
                         None if probs is None else probs[sl], None if support is None else support[sl])
                     sums["log_px"] += log_px.sum()
-                    sums["authors_log_px"] += (authors_nll(decode, x[sl], support_nll[sl],
-                                                           nll_samples, rng, D).sum()
-                                               if probs is not None else log_px.sum())
+                    sums["ess"] += ess.sum()
+                    ess_min = min(ess_min, float(ess.min()))
+                    sums["authors_log_px"] += authors_nll(
+                        decode, x[sl], None if probs is None else support_nll[sl], nll_samples,
+                        rng, D, t=t.data[sl]).sum()
     out = {k: float(v) / N for k, v in sums.items()}
     rate = D * math.log(2) - out["entropy"]
     result = {"elbo": -(out["distortion"] + rate), "rate": rate, "distortion": out["distortion"],
@@ -401,4 +441,5 @@ def evaluate(model, estimator, sparse, images, rng, batch_size=256, decode_rows=
         pixels = images.shape[1] * math.log(2)
         result["nll_bits_per_dim"] = -out["log_px"] / pixels
         result["authors_nll_bits_per_dim"] = -out["authors_log_px"] / pixels
+        result["nll_ess"] = {"mean": out["ess"], "min": ess_min, "samples": nll_samples}
     return result

@@ -9,8 +9,8 @@ from pathlib import Path
 
 __all__ = ["make_parser", "add_common_args", "add_backend_arg", "add_seed_arg", "add_out_arg",
            "add_data_dir_arg", "add_resume_arg", "add_training_args", "add_max_train_arg",
-           "add_dtype_arg", "cli_error", "positive_int", "nonnegative_int", "positive_float",
-           "select_backend", "prepare_out_dir"]
+           "add_dtype_arg", "add_sfe_plus_baseline_arg", "cli_error", "positive_int",
+           "nonnegative_int", "positive_float", "select_backend", "prepare_out_dir"]
 
 
 # =========================================================================== CLI
@@ -128,6 +128,14 @@ def add_dtype_arg(parser, default="float32"):
     """``--dtype {float32,float64}``."""
     parser.add_argument("--dtype", choices=("float32", "float64"), default=default,
                         help="floating-point precision of parameters and activations")
+
+
+def add_sfe_plus_baseline_arg(parser):
+    """``--sfe-plus-baseline {detached,authors}`` (used by ``sfe-plus`` only; ignored otherwise)."""
+    parser.add_argument("--sfe-plus-baseline", choices=("detached", "authors"), default="detached",
+                        help="sfe-plus: the second sample's loss as a constant baseline (paper) or "
+                             "with its gradient kept, as the authors' code (the decoder then also "
+                             "gets -log q(z1) grad l(z2)); ignored by other methods")
 
 
 def add_common_args(parser, *, epochs, batch_size, lr=None, seed=42, dtype="float32", data=True):

@@ -42,13 +42,23 @@ Each method adds ``-coeff * H(sender)`` (the method's distribution's entropy).
 
 Evaluation and metrics
 ----------------------
-Communication success = the receiver's argmax is the target.  For the marginalised methods
-(dense, sparsemax) it is the expectation over the sender's distribution,
-``sum_z pi(z) 1[argmax = target]``, with ``|support|`` receiver calls per game; for the
-sampling methods it uses the sender's argmax message (as the authors' eval mode), 1 call.
-``success_argmax`` (argmax message) is reported for every method.  An epoch is 100 steps
+Communication success = the receiver's argmax is the target.  Two columns for every method:
+
+* ``success_argmax`` (= ``acc``, the model-selection metric): for the marginalised methods
+  (dense, sparsemax) the expectation over the sender's distribution,
+  ``sum_z pi(z) 1[argmax = target]``, with ``|support|`` receiver calls per game; for the
+  sampling methods the sender's argmax message (our deterministic evaluation), 1 call.
+* ``success_sampled``: the same expectation for the marginalised methods; for the sampling
+  methods one message sampled per game, as the authors' code scores them (it has no
+  evaluation mode): a hard sample z ~ softmax for SFE and ST Gumbel, the relaxed sample
+  softmax(s + g) for Gumbel.  The authors' SFE (0/1) also samples the receiver's choice; our
+  receiver is deterministic, so its argmax decides here.  Drawn from a fixed evaluation
+  generator (``default_rng([seed, 1])`` validation, ``[seed, 2]`` test).
+
+``acc_argmax`` (the argmax message, for every method) is kept beside them.  An epoch is 100 steps
 (the authors' ``batches_per_epoch``); after each, the 1,024 validation games (seed
-20200724) are scored -> ``metrics.jsonl`` (``val_acc`` = success, ``val_loss``,
+20200724) are scored -> ``metrics.jsonl`` (``val_acc`` = ``val_success_argmax``,
+``val_success_sampled``, ``val_loss``,
 ``val_calls_mean``, training ``calls_*``, ``train_loss``, ``entropy``).  At the end the model
 with the best validation success and the last one play the 9,984 test games (seed
 20200725) -> ``test.json``.  Random guessing succeeds 1/16 = 6.25%.
@@ -86,11 +96,14 @@ PROG = "python -m experiments.signal_game"
 
 # =========================================================================== training
 
-def make_estimator_for(method):
-    """The categorical estimator of ``method`` (Gumbel: temperature 1 throughout)."""
+def make_estimator_for(method, sfe_plus_baseline="detached"):
+    """The categorical estimator of ``method`` (Gumbel: temperature 1 throughout;
+    ``sfe_plus_baseline`` is used by sfe-plus only)."""
     from nets.estimators import make_estimator  # noqa: PLC0415
     name = ESTIMATOR_NAME[method]
     options = {"temperature": 1.0} if name in ("gumbel", "st-gumbel") else {}
+    if name == "sfe-plus":
+        options["sfe_plus_baseline"] = sfe_plus_baseline
     return make_estimator(name, "categorical", **options)
 
 
@@ -126,15 +139,35 @@ def step_objective(game, estimator, method, x, images, target, rng, entropy_coef
     return est.surrogate - entropy_coeff * est.entropy.mean(), est
 
 
-def evaluate(game, method, x, images, target, chunk=512):
+def _sampled_success(game, method, logits, cands, t, rng):
+    """Successes (b,) of one sampled message per game, as the authors' code scores a
+    sampling method: a hard sample z ~ softmax(logits) (Gumbel-max) for SFE and ST Gumbel,
+    the relaxed sample softmax(logits + g) (temperature 1) for Gumbel; receiver argmax."""
+    xp = logits.xp
+    b = int(t.shape[0])
+    noisy = logits.data + xp.asarray(rng.gumbel(size=logits.shape), dtype=logits.dtype)
+    if method == "gumbel":
+        msg = ops.matmul(ops.softmax(Tensor(noisy), axis=1), game.messages)
+    else:
+        msg = embed_rows(game.messages, noisy.argmax(axis=1))
+    scores = pair_scores(msg, cands, xp.arange(b))
+    return (scores.data.argmax(axis=1) == t).astype(logits.dtype)
+
+
+def evaluate(game, method, x, images, target, chunk=512, rng=None):
     """Success, NLL and receiver calls on fixed games (module docstring), under no_grad.
 
-    Returns ``dict(acc, acc_argmax, loss, calls_mean)``; ``acc`` is the expected success
-    over the sender's distribution for dense/sparsemax, the argmax message's otherwise.
+    Returns ``dict(acc, acc_argmax, success_argmax, success_sampled, loss, calls_mean)``:
+    ``acc`` = ``success_argmax`` is the expected success over the sender's distribution for
+    dense/sparsemax and the argmax message's otherwise; ``acc_argmax`` the argmax message's
+    for every method; ``success_sampled`` the expected success again for dense/sparsemax and,
+    for the sampling methods, that of one message sampled per game from ``rng`` (numpy
+    Generator; default ``default_rng(0)``) as in :func:`_sampled_success`.
     """
     from refimpl import sparsemax as _sparsemax  # noqa: PLC0415
     xp, dtype = game.messages.xp, game.messages.dtype
-    tot = {"acc": 0.0, "acc_argmax": 0.0, "loss": 0.0, "calls": 0.0}
+    rng = np.random.default_rng(0) if rng is None else rng
+    tot = {"acc": 0.0, "acc_argmax": 0.0, "sampled": 0.0, "loss": 0.0, "calls": 0.0}
     rows = game.receiver_rows
     with no_grad():
         for lo in range(0, len(target), chunk):
@@ -160,10 +193,15 @@ def evaluate(game, method, x, images, target, chunk=512):
             if method in MARGINALISED and not bool(xp.all(xp.bincount(idx[at_top], minlength=b) == 1)):
                 raise RuntimeError("evaluate: the argmax message is not in the support")
             tot["acc_argmax"] += float(correct[at_top].sum())
+            if method not in MARGINALISED:
+                tot["sampled"] += float(_sampled_success(game, method, Tensor(logits), cands, t,
+                                                         rng).sum())
     game.receiver_rows = rows           # evaluation is not training work
     n = len(target)
-    return {"acc": tot["acc"] / n, "acc_argmax": tot["acc_argmax"] / n, "loss": tot["loss"] / n,
-            "calls_mean": tot["calls"] / n}
+    sampled = tot["acc"] if method in MARGINALISED else tot["sampled"]
+    return {"acc": tot["acc"] / n, "acc_argmax": tot["acc_argmax"] / n,
+            "success_argmax": tot["acc"] / n, "success_sampled": sampled / n,
+            "loss": tot["loss"] / n, "calls_mean": tot["calls"] / n}
 
 
 # =========================================================================== run
@@ -184,7 +222,7 @@ def _config(args, lr, coeff, data):
     keys = ("method", "seed", "steps", "steps_per_epoch", "batch_size", "game_size", "vocab",
             "hidden", "embedding", "activation", "sender_temperature", "features", "data_seed",
             "n_concepts", "per_concept", "feature_dim", "variation", "val_games", "test_games",
-            "dtype", "backend")
+            "dtype", "backend", "sfe_plus_baseline")
     cfg = {k: getattr(args, k) for k in keys}
     cfg.update(lr=lr, entropy_coeff=coeff, experiment="signal_game", label=args.method,
                n_images=int(len(data.features)), n_features=int(data.features.shape[1]),
@@ -223,7 +261,7 @@ def train(args, parser=None, log=sys.stderr):
                 temperature=args.sender_temperature,
                 message_init="linear" if args.method in ("gumbel", "st-gumbel") else "embedding")
     opt = Adam(game.parameters(), lr=lr)
-    est = make_estimator_for(args.method)
+    est = make_estimator_for(args.method, args.sfe_plus_baseline)
     step, best = 0, {"val_acc": None}
     if args.resume:
         ck = common.load_checkpoint(out / "checkpoint.npz")
@@ -240,7 +278,7 @@ def train(args, parser=None, log=sys.stderr):
             n = min(spe, args.steps - step)
             record = _train_steps(game, opt, est, args, x, data, rng, coeff, n, step)
             step += n
-            ev = evaluate(game, args.method, x, *val)
+            ev = evaluate(game, args.method, x, *val, rng=np.random.default_rng([args.seed, 1]))
             record = {"epoch": -(-step // spe), "step": step, **record,
                       **{f"val_{k}": v for k, v in ev.items()}, "seconds": time.perf_counter() - t0}
             metrics.log(record)
@@ -278,12 +316,14 @@ def _train_steps(game, opt, est, args, x, data, rng, coeff, n, step0):
 
 def _test(game, args, x, test, out, best):
     """Test games with the last model and the best-validation one (``test.json``)."""
-    last = evaluate(game, args.method, x, *test)
+    last = evaluate(game, args.method, x, *test, rng=np.random.default_rng([args.seed, 2]))
     result = {"last_step": int(args.steps), **{f"last_test_{k}": v for k, v in last.items()}}
     if (out / "best.npz").exists():
         game.load_state_dict(common.load_checkpoint(out / "best.npz")["model"])
         result.update(best_step=int(best["step"]), best_val_acc=best["val_acc"],
-                      **{f"test_{k}": v for k, v in evaluate(game, args.method, x, *test).items()})
+                      **{f"test_{k}": v for k, v in evaluate(
+                          game, args.method, x, *test,
+                          rng=np.random.default_rng([args.seed, 2])).items()})
     result["random_guess"] = 1.0 / args.game_size
     return result
 
@@ -300,6 +340,7 @@ def build_parser():
     common.add_out_arg(p)
     common.add_resume_arg(p)
     common.add_dtype_arg(p)
+    common.add_sfe_plus_baseline_arg(p)
     p.add_argument("--steps", type=common.positive_int, default=50_000, help="training steps")
     p.add_argument("--steps-per-epoch", type=common.positive_int, default=100,
                    help="steps between validations / checkpoints (the authors' epoch)")

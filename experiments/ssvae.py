@@ -53,8 +53,10 @@ reported value), ``train_acc`` (classifier on the unlabelled batches), ``calls_*
 distribution, summed exactly over its support: softmax for dense and the MC methods,
 sparsemax for sparsemax; one fixed eps per image), ``*_loss_argmax`` (the authors' logged
 value: ``-log p(x|h,y) + KL`` at the classifier's argmax) and ``*_calls_mean`` (support
-size at evaluation).  ``test.json`` holds the test metrics of the epoch with the best
-validation ELBO, and those of the last epoch.
+size at evaluation); with ``--warm-start-epochs N`` the first N records have ``phase``
+"warm-start" (labelled loss only; not eligible as the best epoch) and the rest "train".
+``test.json`` holds the test metrics of the epoch with the best validation ELBO, and those
+of the last epoch.
 """
 import math
 import sys
@@ -84,10 +86,13 @@ PROG = "python -m experiments.ssvae"
 
 # =========================================================================== training
 
-def make_estimator_for(method, temperature=1.0):
-    """The categorical estimator of ``method`` (sum-and-sample: k=1; Gumbel: fixed temperature)."""
+def make_estimator_for(method, temperature=1.0, sfe_plus_baseline="detached"):
+    """The categorical estimator of ``method`` (sum-and-sample: k=1; Gumbel: fixed temperature;
+    ``sfe_plus_baseline`` for sfe-plus only)."""
     from nets.estimators import make_estimator  # noqa: PLC0415
     options = {}
+    if method == "sfe-plus":
+        options["sfe_plus_baseline"] = sfe_plus_baseline
     if method in ("gumbel", "st-gumbel"):
         options["temperature"] = temperature
     if method == "sum-and-sample":
@@ -149,10 +154,11 @@ def _device_batch(pixels, rng, xp, dtype):
     return xp.asarray(binarize(pixels, rng).astype(dtype))
 
 
-def train_epoch(state, data, args, xp, dtype):
-    """One epoch; returns the training metrics (means over the epoch)."""
+def train_epoch(state, data, args, xp, dtype, labelled_only=None):
+    """One epoch; returns the training metrics (means over the epoch).  ``labelled_only``
+    (default ``args.labeled_only``): one pass over the labelled set, labelled loss only."""
     model, opt, est, rng = state["model"], state["opt"], state["estimator"], state["rng"]
-    labelled_only = args.labeled_only
+    labelled_only = args.labeled_only if labelled_only is None else labelled_only
     n_lab = len(data["lab_x"])
     n_main = n_lab if labelled_only else len(data["unlab_x"])
     order = rng.permutation(n_main)
@@ -234,8 +240,9 @@ def evaluate(model, x, y, method, seed, batch_size=1000):
 
 def _config(args, lr):
     """The JSON-able run configuration (config.json, checked on --resume)."""
-    keys = ("method", "labeled_only", "warm_start", "seed", "split_seed", "epochs", "batch_size",
-            "max_train", "max_eval", "dtype", "backend", "temperature")
+    keys = ("method", "labeled_only", "warm_start", "warm_start_epochs", "seed", "split_seed",
+            "epochs", "batch_size", "max_train", "max_eval", "dtype", "backend", "temperature",
+            "sfe_plus_baseline")
     cfg = {k: getattr(args, k) for k in keys}
     cfg.update(lr=lr, weight_decay=WEIGHT_DECAY, experiment="ssvae",
                label=("warm-start " if args.labeled_only else "") + args.method)
@@ -299,7 +306,8 @@ def train(args, parser=None, log=sys.stderr):
     if args.warm_start and not args.resume:
         print(f"warm start from {warm_start(model, args.warm_start, parser)}", file=log)
     state = {"model": model, "opt": Adam(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY),
-             "estimator": None if args.labeled_only else make_estimator_for(args.method, args.temperature),
+             "estimator": None if args.labeled_only else make_estimator_for(
+                 args.method, args.temperature, args.sfe_plus_baseline),
              "rng": rng, "epoch": 0}
     best = {"val_elbo": None}
     if args.resume:
@@ -308,16 +316,21 @@ def train(args, parser=None, log=sys.stderr):
     record = None
     seed_eval = args.split_seed + EVAL_SEED_OFFSET
     with common.MetricsLog(out / "metrics.jsonl", keep_epochs=state["epoch"]) as metrics:
-        while state["epoch"] < args.epochs:
+        warm_epochs = 0 if args.labeled_only else args.warm_start_epochs
+        while state["epoch"] < warm_epochs + args.epochs:
             t0 = time.perf_counter()
-            record = train_epoch(state, data, args, xp, dtype)
+            warm = state["epoch"] < warm_epochs
+            record = train_epoch(state, data, args, xp, dtype,
+                                 labelled_only=True if warm else None)
             state["epoch"] += 1
+            if warm_epochs:
+                record["phase"] = "warm-start" if warm else "train"
             for split in ("val", "test"):
                 ev = evaluate(model, data[f"{split}_x"], data[f"{split}_y"], args.method, seed_eval)
                 record.update({f"{split}_{k}": v for k, v in ev.items()})
             record = {"epoch": state["epoch"], **record, "seconds": time.perf_counter() - t0}
             metrics.log(record)
-            if best["val_elbo"] is None or record["val_elbo"] > best["val_elbo"]:
+            if not warm and (best["val_elbo"] is None or record["val_elbo"] > best["val_elbo"]):
                 best = {k: v for k, v in record.items() if k.startswith(("val_", "test_", "epoch"))}
                 common.save_checkpoint(out / "best.npz", {"epoch": state["epoch"],
                                                           "model": model.state_dict()})
@@ -346,6 +359,12 @@ def build_parser():
                    help="warm start as the authors: train on the labelled loss only")
     p.add_argument("--warm-start", metavar="RUN_DIR", default=None,
                    help="initialise the model from a --labeled-only run (its best.npz)")
+    p.add_argument("--warm-start-epochs", metavar="N", type=common.nonnegative_int, default=0,
+                   help="first train N epochs on the labelled loss only, in this run, with the "
+                        "method's class loss (the sparsemax loss for sparsemax, else softmax "
+                        "cross-entropy), then --epochs full epochs; the authors used 100, the "
+                        "paper states none (0)")
+    common.add_sfe_plus_baseline_arg(p)
     p.add_argument("--max-eval", metavar="N", type=common.positive_int, default=None,
                    help="evaluate on the first N validation and N test images only")
     p.add_argument("--split-seed", type=common.nonnegative_int, default=0,
@@ -361,6 +380,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.labeled_only and args.warm_start:
         common.cli_error(parser, "--labeled-only and --warm-start exclude each other")
+    if args.labeled_only and args.warm_start_epochs:
+        common.cli_error(parser, "--labeled-only and --warm-start-epochs exclude each other "
+                                 "(--labeled-only is itself a warm start: set its --epochs)")
     if args.out is None:
         common.cli_error(parser, "--out DIR is required")
     train(args, parser)

@@ -82,7 +82,7 @@ def sparsemap(t, oracle, **solver_options):
 
     t : Tensor (..., D); oracle : e.g. ``refimpl.bitvector_oracle`` or
     ``refimpl.budget_oracle(B)``; ``solver_options`` go to ``refimpl.sparsemap``
-    (``max_iter``, ``tol``).
+    (``max_iter``, ``tol``, ``init``).
     Returns ``vertices`` : constant array (..., S, D) in ``t``'s dtype and
     ``weights`` : Tensor (..., S), a distribution over the vertices (0 on padding).
     """

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from experiments import bitvae
-from experiments.bitvae_model import (BitVAE, authors_nll, bit_codes, importance_nll,
+from experiments.bitvae_model import (NLL_UNIFORM, BitVAE, _importance_weights, authors_nll,
+                                      bit_codes, effective_sample_size, importance_nll,
                                       log_bernoulli, logsumexp, pixel_categorical_nll,
                                       pixel_categorical_nll_reference)
 from experiments.common import load_checkpoint, read_metrics
@@ -197,25 +198,47 @@ def _topk_posterior(model, x):
     return t.data, est
 
 
-def test_importance_nll_is_unbiased_for_p_x_with_a_sparse_q(data_dir):
+@pytest.mark.parametrize("proposal", ["sparse", "bernoulli"])
+def test_importance_nll_mixture_is_unbiased_with_bounded_weights_and_reports_ess(data_dir,
+                                                                                 proposal):
+    """r = (q + Bernoulli + uniform)/3 (sparse q) or 2/3 Bernoulli + 1/3 uniform, D = 4:
+    exact p(x) by enumerating all 16 codes."""
     x = _images(data_dir, 2)[:, PIXELS].copy()
     model = _peaked_tiny_model()
     exact, _ = _exact_log_px(model, x)
     t, est = _topk_posterior(model, x)
+    probs, support = (est.probs.data, est.support) if proposal == "sparse" else (None, None)
     decode, rng = model.decode_nll_rows, np.random.default_rng(0)
-    # many samples: log p̂ converges to log p(x)
-    log_px, _ = importance_nll(decode, x, t, 8000, rng, est.probs.data, est.support)
+    # many samples: log p̂ converges to log p(x); the ESS is reported per image, in [1, S]
+    log_px, ess, _ = importance_nll(decode, x, t, 8000, rng, probs, support)
     np.testing.assert_allclose(log_px, exact, atol=0.05)
+    assert ess.shape == (2,) and np.all((ess >= 1) & (ess <= 8000))
+    # every weight p(x|z) 2^-D / r(z) is at most 1/γ = 3 (x discrete: p(x|z) <= 1)
+    log_w, _ = _importance_weights(decode, x, t, 8000, rng, probs, support, NLL_UNIFORM)
+    assert log_w.max() <= math.log(3.0) + 1e-12
+    np.testing.assert_allclose(effective_sample_size(log_w),
+                               np.exp(log_w).sum(1) ** 2 / np.exp(2 * log_w).sum(1), rtol=1e-10)
     # 4 samples, 1000 independent repeats (as a batch): mean of p̂/p(x) is 1 (unbiased)
     R = 1000
-    reps, _ = importance_nll(decode, np.tile(x, (R, 1)), np.tile(t, (R, 1)), 4, rng,
-                             np.tile(est.probs.data, (R, 1)), np.tile(est.support, (R, 1, 1)))
+    def tile(a, reps):
+        return None if a is None else np.tile(a, reps)
+    reps, _, _ = importance_nll(decode, np.tile(x, (R, 1)), np.tile(t, (R, 1)), 4, rng,
+                                tile(probs, (R, 1)), tile(support, (R, 1, 1)))
     ratio = np.exp(reps.reshape(R, 2) - exact)
     np.testing.assert_allclose(ratio.mean(axis=0), 1.0, atol=4 * ratio.std(axis=0).max() / R ** 0.5)
     assert np.mean(reps.reshape(R, 2) < exact) > 0.5          # log p̂ is usually below log p
-    # Bernoulli methods (probs=None): r = Bernoulli(σ(t))
-    log_px_b, _ = importance_nll(decode, x, t, 8000, rng)
-    np.testing.assert_allclose(log_px_b, exact, atol=0.05)
+
+
+def test_importance_nll_without_the_uniform_component_is_the_old_mixture(data_dir):
+    x = _images(data_dir, 2)[:, PIXELS].copy()
+    model = _peaked_tiny_model()
+    exact, _ = _exact_log_px(model, x)
+    t, est = _topk_posterior(model, x)
+    log_px, _, _ = importance_nll(model.decode_nll_rows, x, t, 8000, np.random.default_rng(1),
+                                  est.probs.data, est.support, uniform=0.0)
+    np.testing.assert_allclose(log_px, exact, atol=0.05)
+    with pytest.raises(ValueError, match="uniform"):
+        importance_nll(model.decode_nll_rows, x, t, 4, np.random.default_rng(1), uniform=1.0)
 
 
 def test_authors_estimator_is_as_stated_and_counts_the_support_twice(data_dir):
@@ -311,6 +334,85 @@ def test_smoke_run_writes_every_output_and_learns(cli_runs, method):
         assert 1 <= test["calls_p10"] <= test["calls_p90"] <= (10 if method == "topk" else 33)
 
 
+def test_collapse_monitor_and_default_encoding_in_the_smoke_runs(cli_runs):
+    for method in bitvae.METHODS:
+        config = json.loads((cli_runs[method] / "config.json").read_text())
+        assert config["sparsemap_encoding"] == "onehot" and config["sparsemap_init"] == "oracle"
+        assert config["gumbel_rate"] == 1e-5 and config["sfe_plus_baseline"] == "detached"
+        for r in read_metrics(cli_runs[method] / "metrics.jsonl"):
+            assert 0.0 <= r["frozen_steps"] <= 1.0
+            if method in bitvae.SPARSE:
+                assert 0.0 <= r["single_vertex_rows"] <= 1.0
+            else:
+                assert r["single_vertex_rows"] is None and r["frozen_steps"] == 0.0
+        ess = json.loads((cli_runs[method] / "test.json").read_text())["nll_ess"]
+        assert 1.0 <= ess["min"] <= ess["mean"] <= 4 and ess["samples"] == 4
+
+
+def _frozen_after_one_step(model, method, encoding, images, scale):
+    """One training step's monitor on a batch whose encoder scores are shifted by ``scale``."""
+    est = make_estimator(method, "bits", sparsemap_encoding=encoding)
+    t = model.encode(images)
+    t = (t + scale).retain_grad()
+    objective, e = bitvae.batch_objective(model, est, images, None, t=t)
+    objective.backward()
+    frozen = bool(bitvae.encoder_frozen(t))
+    return frozen, bitvae.collapse_monitor(int(frozen), 1, e.calls, True), t
+
+
+def test_collapse_monitor_counts_a_constructed_frozen_batch_and_a_live_one(data_dir):
+    x = _images(data_dir, 8)
+    model = BitVAE(6, np.random.default_rng(0), dtype=np.float64, hidden=16, dec_hidden=8)
+    # every score far outside (0, 1): binary SparseMAP puts each example on one vertex
+    frozen, fig, t = _frozen_after_one_step(model, "sparsemap", "binary", x, 50.0)
+    assert frozen and fig == {"frozen_steps": 1.0, "single_vertex_rows": 1.0}
+    assert np.all(t.grad == 0)
+    # scores near 0: the one-hot encoding's band (-1, 1) holds them all: live, several vertices
+    frozen, fig, t = _frozen_after_one_step(model, "sparsemap", "onehot", x, 0.0)
+    assert not frozen and fig["frozen_steps"] == 0.0 and fig["single_vertex_rows"] < 1.0
+    assert np.any(t.grad != 0)
+    # the figures over an epoch: 3 frozen steps of 4; 2 of 5 examples with one vertex
+    fig = bitvae.collapse_monitor(3, 4, np.array([1, 2, 1, 4, 3]), True)
+    assert fig == {"frozen_steps": 0.75, "single_vertex_rows": 0.4}
+    assert bitvae.collapse_monitor(0, 4, np.array([1, 1]), False)["single_vertex_rows"] is None
+
+
+@pytest.mark.slow
+def test_default_encoding_trains_where_binary_freezes(tmp_path, capsys, data_dir):
+    """D = 32, 6,400 images, 2 epochs (200 steps), seed 2: binary SparseMAP ends frozen
+    (with the warning line), the default one-hot encoding does not."""
+    base = ["--method", "sparsemap", "--bits", "32", "--max-train", "6400", "--epochs", "2",
+            "--seed", "2", "--nll-samples", "0", "--max-test", "16", "--data-dir", str(data_dir)]
+    assert bitvae.main([*base, "--out", str(tmp_path / "onehot")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert bitvae.main([*base, "--sparsemap-encoding", "binary",
+                        "--out", str(tmp_path / "binary")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    onehot, binary = (read_metrics(tmp_path / d / "metrics.jsonl")[-1] for d in ("onehot", "binary"))
+    assert onehot["frozen_steps"] < 0.5 and onehot["single_vertex_rows"] < 1.0
+    assert binary["frozen_steps"] == 1.0 and binary["single_vertex_rows"] == 1.0
+    assert len(warned) == 1 and "epoch 2" in warned[0] and "--sparsemap-encoding onehot" in warned[0]
+
+
+def test_options_a_method_does_not_use_are_ignored(tmp_path, data_dir):
+    """--k beyond 2^D with sparsemap-budget, --budget beyond D with topk: not validated."""
+    parse = lambda argv: bitvae.resolve_args(bitvae.build_parser().parse_args(argv), None)  # noqa: E731
+    assert parse(["--method", "sparsemap-budget", "--bits", "3", "--k", "9"]).budget == 1
+    assert parse(["--method", "topk", "--bits", "4", "--budget", "40"]).k == 10
+    assert parse(["--bits", "128"]).gumbel_rate == 1e-4
+    assert parse(["--bits", "128", "--gumbel-rate", "2e-5"]).gumbel_rate == 2e-5
+    # the authors' variants reach the estimator only for the method that uses them
+    est = bitvae.make_method_estimator(parse(["--method", "sparsemap", "--sparsemap-init", "random",
+                                              "--sfe-plus-baseline", "authors"]))
+    assert est.options["sparsemap_init"] == "random" and est.options["sparsemap_encoding"] == "onehot"
+    assert "sfe_plus_baseline" not in est.options
+    est = bitvae.make_method_estimator(parse(["--method", "sfe-plus", "--sfe-plus-baseline",
+                                              "authors", "--sparsemap-init", "random"]))
+    assert est.options == {"sfe_plus_baseline": "authors"}
+
+
+
+
 @pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 def test_plot_overlays_runs(cli_runs, tmp_path):
     from experiments.plot import main as plot_main
@@ -374,7 +476,10 @@ def _exit_code_and_stderr(capsys, argv):
     (["--bits", "0"], "positive integer"),
     (["--k", "0"], "positive integer"),
     (["--bits", "3", "--k", "9"], "exceeds the 2^D"),
-    (["--budget", "40"], "at most --bits"),
+    (["--method", "sparsemap-budget", "--budget", "40"], "at most --bits"),
+    (["--method", "sparsemap", "--sparsemap-encoding", "ternary"], "invalid choice"),
+    (["--method", "sparsemap", "--sparsemap-init", "zeros"], "invalid choice"),
+    (["--method", "sfe-plus", "--sfe-plus-baseline", "mean"], "invalid choice"),
     (["--max-train", "60000"], "exceeds"),
     (["--lr", "nan"], "positive"),
     (["--resume"], "no checkpoint"),

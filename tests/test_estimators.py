@@ -747,3 +747,63 @@ def test_budget_defaults_to_half_of_D(xp):
     b = make_estimator("sparsemap-budget", "bits", budget=D // 2)(model.scores(), model.loss_fn)
     np.testing.assert_array_equal(to_numpy(a.probs.data), to_numpy(b.probs.data))
     assert to_numpy(a.support).sum(axis=-1).max() <= D // 2
+
+
+# ================================================================== the authors' variants
+def test_sfe_plus_authors_baseline_keeps_the_second_samples_gradient(xp):
+    """"authors": same encoder gradient as "detached" on the same draw; the decoder gets
+    exactly the extra term -log q(z1|x_b) ∇ℓ(z2) / N."""
+    grads, seen = {}, {}
+    for mode in ("detached", "authors"):
+        s, w, loss_fn, _, _ = mc_setup(xp, "categorical", seed=3)
+
+        def spy(idx, z, loss_fn=loss_fn):
+            out = loss_fn(idx, z)
+            seen.update(z=to_numpy(z), loss=to_numpy(out.data))
+            return out
+
+        make_estimator("sfe-plus", "categorical", sfe_plus_baseline=mode)(
+            s, spy, np.random.default_rng(5)).surrogate.backward()
+        grads[mode] = (to_numpy(s.grad), to_numpy(w.grad))
+    np.testing.assert_allclose(grads["authors"][0], grads["detached"][0], rtol=1e-12, atol=1e-15)
+    N = s.shape[0]
+    scores = to_numpy(s.data)
+    log_q1 = (scores - np.log(np.exp(scores).sum(1, keepdims=True)))[
+        np.arange(N), seen["z"][:N].argmax(1)]
+    extra = -log_q1 * seen["loss"][N:] / N           # ℓ(z2) = w_b table[b, z2], w = 1
+    np.testing.assert_allclose(grads["authors"][1] - grads["detached"][1], extra,
+                               rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="sfe_plus_baseline"):
+        make_estimator("sfe-plus", "bits", sfe_plus_baseline="mean")
+
+
+@pytest.mark.parametrize("name", ["sparsemap", "sparsemap-budget"])
+def test_sparsemap_random_init_gives_the_same_marginals(xp, name):
+    rng = np.random.default_rng(0)
+    t = Tensor(xp.asarray(rng.standard_normal((6, 7)) * 0.7))
+    loss = lambda idx, z: Tensor(xp.zeros(idx.shape[0]))  # noqa: E731
+    marg = {}
+    for init in ("oracle", "random"):
+        e = make_estimator(name, "bits", sparsemap_init=init)(t, loss, np.random.default_rng(1))
+        marg[init] = to_numpy((e.probs.data[:, :, None] * e.support).sum(axis=1))
+    np.testing.assert_allclose(marg["random"], marg["oracle"], atol=1e-9)
+    # the starting vertices are vertices: at most B = D // 2 = 3 ones under the budget
+    from nets.estimators.deterministic import random_vertices
+    z = to_numpy(random_vertices(np.random.default_rng(2), (500, 7), 3, xp, np.float64))
+    assert set(np.unique(z)) <= {0.0, 1.0} and z.sum(1).max() == 3
+    assert to_numpy(random_vertices(np.random.default_rng(2), (500, 7), None, xp,
+                                    np.float64)).sum(1).max() == 7
+    with pytest.raises(TypeError, match="rng"):
+        make_estimator(name, "bits", sparsemap_init="random")(t, loss, None)
+    with pytest.raises(ValueError, match="sparsemap_init"):
+        make_estimator(name, "bits", sparsemap_init="zeros")
+
+
+def test_refimpl_sparsemap_init_is_checked_and_keeps_the_marginals(xp):
+    t = xp.asarray(np.random.default_rng(4).standard_normal((5, 6)))
+    init = xp.asarray((np.random.default_rng(5).random((5, 6)) < 0.5).astype(np.float64))
+    a = refimpl.sparsemap(t, refimpl.bitvector_oracle)
+    b = refimpl.sparsemap(t, refimpl.bitvector_oracle, init=init)
+    np.testing.assert_allclose(to_numpy(b.marginals), to_numpy(a.marginals), atol=1e-9)
+    with pytest.raises(ValueError, match="init must have the shape of t"):
+        refimpl.sparsemap(t, refimpl.bitvector_oracle, init=init[:, :3])

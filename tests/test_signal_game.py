@@ -135,6 +135,27 @@ def test_evaluate_marginalised_success_is_the_expectation():
     assert ev["acc_argmax"] == pytest.approx(correct[np.arange(5), top].mean())
     ev_sfe = sg.evaluate(game, "sfe-nll", x, images, target)
     assert ev_sfe["calls_mean"] == 1 and ev_sfe["acc"] == ev["acc_argmax"]
+    # marginalised: both columns are the expectation
+    assert ev["success_argmax"] == ev["success_sampled"] == ev["acc"]
+    assert ev_sfe["success_argmax"] == ev_sfe["acc"]
+
+
+@pytest.mark.parametrize("method", ["sfe-nll", "st-gumbel", "gumbel"])
+def test_sampled_success_by_hand(method):
+    """success_sampled: one message per game from the evaluation rng -- Gumbel-max hard sample
+    (SFE, ST) or the relaxed softmax(s + g) (Gumbel) -- then the receiver's argmax."""
+    game, _, x, images, target = _tiny("dense", seed=3)
+    ev = sg.evaluate(game, method, x, images, target, rng=np.random.default_rng(9))
+    logits = game.sender_logits(x[images[np.arange(5), target]]).data
+    noisy = logits + np.random.default_rng(9).gumbel(size=logits.shape)
+    if method == "gumbel":
+        y = np.exp(noisy - noisy.max(1, keepdims=True))
+        msg = (y / y.sum(1, keepdims=True)) @ game.messages.data
+    else:
+        msg = game.messages.data[noisy.argmax(1)]
+    cand = np.einsum("bcf,fe->bce", x[images], game.project.weight.data)
+    correct = np.einsum("be,bce->bc", msg, cand).argmax(1) == target
+    assert ev["success_sampled"] == pytest.approx(correct.mean())
 
 
 # --------------------------------------------------------------------------- data
@@ -205,6 +226,10 @@ def test_smoke_every_method(method, tmp_path):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
     if method in sg.ZERO_ONE:      # the reported training loss is the 0/1 error
         assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert "val_success_sampled" in rows[-1] and "val_success_argmax" in rows[-1]
+    assert test["test_success_argmax"] == test["test_acc"]
+    if method in sg.MARGINALISED:
+        assert test["test_success_sampled"] == test["test_success_argmax"]
     if method == "dense":
         assert rows[-1]["calls_mean"] == 16 and test["test_calls_mean"] == 16
     elif method == "sparsemax":
@@ -218,6 +243,13 @@ def test_marginalised_game_learns(tmp_path):
     out = _run(tmp_path, "sparsemax", "--lr", "0.01", steps=200)
     test = json.loads((out / "test.json").read_text())
     assert test["test_acc"] > 0.6        # chance is 0.25
+
+
+def test_sampled_success_differs_from_argmax_for_a_trained_sampling_game(tmp_path):
+    out = _run(tmp_path, "st-gumbel", "--lr", "0.01", steps=200, per_epoch=100)
+    test = json.loads((out / "test.json").read_text())
+    assert test["test_success_argmax"] > 0.4          # trained (chance is 0.25)
+    assert test["test_success_sampled"] != test["test_success_argmax"]
 
 
 def test_features_file_runs(tmp_path):
@@ -254,6 +286,7 @@ def test_resume_equals_uninterrupted(method, tmp_path):
     (["--game-size", "30"], "--game-size"),
     (["--resume"], "no checkpoint"),
     (["--activation", "gelu"], "--activation"),
+    (["--method", "sfe-plus", "--sfe-plus-baseline", "mean"], "--sfe-plus-baseline"),
 ])
 def test_bad_cli_values_exit_2_with_one_line(argv, needle, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "experiments.signal_game", "--out", str(tmp_path / "o"),

@@ -181,6 +181,32 @@ def test_warm_start_loads_the_labelled_model(warm_dir):
         np.testing.assert_array_equal(p.data, saved[name])
 
 
+def test_warm_start_epochs_train_the_labelled_loss_first_with_the_methods_class_loss(
+        tmp_path, data_dir, monkeypatch):
+    """--warm-start-epochs 2 --epochs 1: two labelled-only epochs (sparsemax loss for the
+    sparsemax model, no estimator call), then one full epoch; only that one can be best."""
+    seen = []
+    real = ssvae.sparsemax_loss
+
+    def spy(scores, targets):
+        seen.append(int(scores.shape[0]))
+        return real(scores, targets)
+
+    monkeypatch.setattr(ssvae, "sparsemax_loss", spy)
+    out = tmp_path / "run"
+    ssvae.main(["--method", "sparsemax", "--out", str(out), "--data-dir", str(data_dir), *SMALL,
+                "--epochs", "1", "--warm-start-epochs", "2"])
+    rows = common.read_metrics(out / "metrics.jsonl")
+    assert [(r["epoch"], r["phase"]) for r in rows] == [(1, "warm-start"), (2, "warm-start"),
+                                                        (3, "train")]
+    assert "calls_mean" not in rows[0] and "calls_mean" in rows[2]     # no unlabelled term
+    assert seen                                                          # the sparsemax loss ran
+    assert json.loads((out / "test.json").read_text())["best_epoch"] == 3
+    assert json.loads((out / "config.json").read_text())["warm_start_epochs"] == 2
+
+
+
+
 @pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 @pytest.mark.parametrize("method", ["sfe", "sparsemax"])
 def test_resume_equals_uninterrupted(method, tmp_path, data_dir):
@@ -207,6 +233,9 @@ def test_resume_equals_uninterrupted(method, tmp_path, data_dir):
     (["--lr", "-1"], "--lr"),
     (["--max-train", "x"], "--max-train"),
     (["--labeled-only", "--warm-start", "x"], "exclude"),
+    (["--labeled-only", "--warm-start-epochs", "2"], "exclude"),
+    (["--warm-start-epochs", "-1"], "--warm-start-epochs"),
+    (["--method", "sfe-plus", "--sfe-plus-baseline", "mean"], "--sfe-plus-baseline"),
     (["--resume"], "no checkpoint"),
     (["--warm-start", "/nonexistent"], "--warm-start"),
 ])

@@ -16,8 +16,11 @@ name : one of
                  summed over all 2^D; a test oracle)
 options : k, budget, temperature (mutable attribute ``estimator.temperature``
     for schedules), sparsemap_encoding ("binary" default | "onehot":
-    t' = (t + 1)/2, the authors' one-hot encoding), baseline_decay (None =
-    cumulative mean as the authors), solver options.
+    t' = (t + 1)/2, the authors' one-hot encoding), sparsemap_init ("oracle"
+    default | "random": a random starting vertex from the call's rng, as the
+    authors), sfe_plus_baseline ("detached" default | "authors": the second
+    sample's loss keeps its gradient), baseline_decay (None = cumulative mean
+    as the authors), solver options.
 
 ``estimator(scores, loss_fn, rng) -> Estimate``
 
@@ -155,10 +158,13 @@ _OPTION_CHECKS = {
     "k": _check_k, "budget": _check_budget, "temperature": _check_temperature,
     "baseline": _check_choice(("mean", "none")), "baseline_decay": _check_decay,
     "sparsemap_encoding": _check_choice(("binary", "onehot")),
+    "sparsemap_init": _check_choice(("oracle", "random")),
+    "sfe_plus_baseline": _check_choice(("detached", "authors")),
     "max_iter": _check_max_iter, "tol": _check_tol,
 }
 
-_SOLVER = {"sparsemap_encoding": "binary", "max_iter": None, "tol": None}
+_SOLVER = {"sparsemap_encoding": "binary", "sparsemap_init": "oracle", "max_iter": None,
+           "tol": None}
 # (latent, name) -> (class, {option: default or _REQUIRED})
 _SPECS = {
     ("categorical", "dense"): (DenseSoftmax, {}),
@@ -173,7 +179,7 @@ _SPECS = {
 }
 for _latent in LATENTS:
     _SPECS[(_latent, "sfe")] = (SFE, {"baseline": "mean", "baseline_decay": None})
-    _SPECS[(_latent, "sfe-plus")] = (SFEPlus, {})
+    _SPECS[(_latent, "sfe-plus")] = (SFEPlus, {"sfe_plus_baseline": "detached"})
     _SPECS[(_latent, "gumbel")] = (GumbelSoftmax, {"temperature": 1.0})
     _SPECS[(_latent, "st-gumbel")] = (GumbelSoftmax, {"temperature": 1.0})
 assert set(_SPECS) == {(lat, n) for lat in LATENTS for n in NAMES[lat]}

@@ -24,13 +24,14 @@ class _Deterministic(Estimator):
 
     deterministic = True
 
-    def _distribution(self, scores):
+    def _distribution(self, scores, rng=None):
         """-> probs Tensor (B, S), assignments (S, ·) shared or (B, S, ·) per
-        example, entropy Tensor (B,)."""
+        example, entropy Tensor (B,).  ``rng``: the call's generator (None allowed;
+        only SparseMAP's random start uses it)."""
         raise NotImplementedError
 
     def _estimate(self, scores, loss_fn, rng):
-        probs, assign, entropy = self._distribution(scores)
+        probs, assign, entropy = self._distribution(scores, rng)
         xp, dtype = scores.xp, scores.dtype
         B, S = probs.shape
         on = probs.data > 0                                        # (B, S)
@@ -52,7 +53,7 @@ class DenseSoftmax(_Deterministic):
     unless it underflows to exactly 0, which is skipped: its term and gradient
     are 0 anyway).  Entropy: H = logsumexp(s) - <π, s>."""
 
-    def _distribution(self, s):
+    def _distribution(self, s, rng=None):
         K = s.shape[1]
         return ops.softmax(s, axis=1), s.xp.eye(K, dtype=s.dtype), _softmax_entropy(s)
 
@@ -61,7 +62,7 @@ class Sparsemax(_Deterministic):
     """"sparsemax" (categorical): π = sparsemax(s) = [s - τ]_+ (Euclidean
     projection onto the simplex).  Entropy -Σ_{π>0} π log π."""
 
-    def _distribution(self, s):
+    def _distribution(self, s, rng=None):
         probs = ops.sparsemax(s, axis=1)
         return probs, s.xp.eye(s.shape[1], dtype=s.dtype), _sparse_entropy(probs)
 
@@ -71,7 +72,7 @@ class TopKSparsemax(_Deterministic):
     k largest scores kept (ties to the lower index), the rest -inf; k >= K is
     plain sparsemax.  Entropy -Σ_{π>0} π log π."""
 
-    def _distribution(self, s):
+    def _distribution(self, s, rng=None):
         probs = ops.topk_sparsemax(s, self.options["k"], axis=1)
         return probs, s.xp.eye(s.shape[1], dtype=s.dtype), _sparse_entropy(probs)
 
@@ -81,7 +82,7 @@ class StructuredTopK(_Deterministic):
     (k capped at 2^D), π = sparsemax of their scores (:func:`nets.ops.structured_topk`;
     ∂/∂t = Σ_j (J_sparsemaxᵀ g)_j z_j).  Entropy -Σ_{π>0} π log π."""
 
-    def _distribution(self, t):
+    def _distribution(self, t, rng=None):
         D = t.shape[1]
         k = self.options["k"] if D >= 63 else min(self.options["k"], 2 ** D)
         bits, probs = _structured_topk(t, k, validate=False)   # t checked with the loss
@@ -94,11 +95,18 @@ class SparseMAP(_Deterministic):
     :func:`refimpl.budget_oracle`; default budget D // 2), found by the active-set method;
     ∂/∂t' = A_S Q g_S.  t' = t ("binary", default) or t' = (t + 1)/2
     ("onehot", the authors' encoding), a Tensor op so the chain rule includes
-    the 1/2.  Options max_iter, tol go to the solver.  Entropy -Σ_{π>0} π log π.
+    the 1/2.  Options max_iter, tol go to the solver; ``sparsemap_init``:
+    "oracle" (default: the active set starts at oracle(t')) or "random" (a
+    uniformly random vertex per example, as the authors' code; drawn from the
+    call's ``rng``, which is then required; with a budget B the random bits are
+    cut to at most B ones).  The marginals do not depend on the start, but the
+    returned weights can when the optimal face is not a simplex.
+    Entropy -Σ_{π>0} π log π.
     """
 
-    def _distribution(self, t):
+    def _distribution(self, t, rng=None):
         o = self.options
+        budget = None
         if self.name == "sparsemap-budget":
             budget = t.shape[1] // 2 if o["budget"] is None else o["budget"]
             oracle = refimpl.budget_oracle(budget)
@@ -106,8 +114,25 @@ class SparseMAP(_Deterministic):
             oracle = refimpl.bitvector_oracle
         tt = (t + 1.0) * 0.5 if o["sparsemap_encoding"] == "onehot" else t
         solver = {key: o[key] for key in ("max_iter", "tol") if o.get(key) is not None}
+        if o.get("sparsemap_init") == "random":
+            if not isinstance(rng, np.random.Generator):
+                raise TypeError(f"{self._who} with sparsemap_init='random' draws its starting "
+                                f"vertices: rng must be a numpy.random.Generator, got "
+                                f"{type(rng).__name__}")
+            solver["init"] = random_vertices(rng, t.shape, budget, t.xp, t.dtype)
         vertices, weights = ops.sparsemap(tt, oracle, **solver)
         return weights, vertices, _sparse_entropy(weights)
+
+
+def random_vertices(rng, shape, budget, xp, dtype):
+    """(B, D) uniformly random 0/1 vertices drawn with numpy ``rng``; with ``budget``
+    each row keeps at most ``budget`` of its ones (a random subset): a vertex of
+    {z : Σz <= budget}."""
+    z = rng.random(shape) < 0.5
+    if budget is not None:
+        rank = np.argsort(np.argsort(np.where(z, rng.random(shape), np.inf), axis=1), axis=1)
+        z &= rank < budget
+    return xp.asarray(z.astype(dtype))
 
 
 class ExactBits(_Deterministic):
@@ -115,7 +140,7 @@ class ExactBits(_Deterministic):
     π = softmax(A t), i.e. Π_i Bernoulli(z_i; σ(t_i)).  Entropy in closed
     form Σ_i softplus(t_i) - σ(t_i) t_i.  A test oracle: 2^D calls per example."""
 
-    def _distribution(self, t):
+    def _distribution(self, t, rng=None):
         D = t.shape[1]
         if D > MAX_EXACT_D:
             raise ValueError(f"{self._who}: enumerates all 2^D bit-vectors, so D must be "

@@ -75,7 +75,16 @@ class SFEPlus(Estimator):
 
     Unbiased: z2 is independent of z1, so E[ℓ(z2) ∇ log q(z1)] = 0.  The
     decoder gradient comes from ℓ(z1) only.  2 calls per example; reported
-    loss ℓ(z1); entropy of q in closed form."""
+    loss ℓ(z1); entropy of q in closed form.
+
+    Option ``sfe_plus_baseline``: "detached" (default, the formula above) or
+    "authors" (the authors' code, which does not stop the baseline's gradient):
+
+        surrogate_b = ℓ(z1) + (sg ℓ(z1) - ℓ(z2)) · log q(z1|x_b),
+
+    so the decoder also receives -log q(z1|x_b) ∇ℓ(z2).  Its expectation is
+    -E[log q(z1)] E[∇ℓ(z2)] = H(q) ∇E_q[ℓ] ≠ 0: a biased decoder gradient (the
+    encoder's gradient is the same as "detached")."""
 
     def _estimate(self, scores, loss_fn, rng):
         xp = scores.xp
@@ -85,7 +94,10 @@ class SFEPlus(Estimator):
         loss = self._evaluate(loss_fn, idx, z, scores)
         l1 = loss[:B]
         log_q = _log_q(scores, self.latent, None if cols is None else cols[:B], z[:B])
-        surrogate = (l1 + log_q * (loss.data[:B] - loss.data[B:])).mean()
+        if self.options.get("sfe_plus_baseline") == "authors":
+            surrogate = (l1 + log_q * (Tensor(loss.data[:B]) - loss[B:])).mean()
+        else:
+            surrogate = (l1 + log_q * (loss.data[:B] - loss.data[B:])).mean()
         return Estimate(surrogate, loss.data[:B], xp.full(B, 2, dtype=np.int64),
                         _entropy_q(scores, self.latent))
 
