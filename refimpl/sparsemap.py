@@ -95,14 +95,12 @@ def _iterate(ws, oracle, tol):
     # most violated vertex at the new weights: z = oracle(t - μ)
     resid = ws.tp - (xi_new[:, None, :] @ ws.X)[:, 0, :]                    # t - μ, (n, D)
     touched = ws.count > 0                                                   # what differs
-    scale = 1 + xp.max(xp.where(touched, ws.tabs, 0), axis=1)
-    z = oracle(tie_grid(resid, tol * scale, D)).astype(resid.dtype)
+    z = oracle(tie_grid(resid, tol * _scale(ws.tabs, touched), D)).astype(resid.dtype)
     Xz, g, kcol, kzz, bz = ws.candidate(z)
     gain = bz - xp.sum(xi_new * g, axis=1) - tau                             # <a_z - a_s, t - μ>
     u = solve_refined(ws.K, ws.Kinv, kcol[:, :, None])[:, :, 0]
     sigma = kzz - xp.sum(kcol * u, axis=1)                                    # > 0: independent
-    scale = 1 + xp.max(xp.where(touched | (Xz != 0), ws.tabs, 0), axis=1)
-    improves = (gain > tol * scale) & (sigma > 1e-9 * kzz)
+    improves = (gain > tol * _scale(ws.tabs, touched | (Xz != 0))) & (sigma > 1e-9 * kzz)
     full = xp.all(ws.active, axis=1)
     can_grow = ws.slots < ws.max_slots
     add = ~ws.done & ~has_neg & improves & (~full | can_grow)
@@ -219,11 +217,15 @@ def _certified(t, oracle, tol, V, mu):
     resid = t - mu
     tabs = xp.abs(t)
     touched = (mu > 0) & (mu < 1)
-    scale = 1 + xp.max(xp.where(touched, tabs, 0), axis=1)
-    z = oracle(tie_grid(resid, tol * scale, t.shape[1])).astype(t.dtype)
+    z = oracle(tie_grid(resid, tol * _scale(tabs, touched), t.shape[1])).astype(t.dtype)
     dz = z - ref
-    scale = 1 + xp.max(xp.where(touched | (dz != 0), tabs, 0), axis=1)
-    return xp.sum(dz * resid, axis=1) <= tol * scale
+    return xp.sum(dz * resid, axis=1) <= tol * _scale(tabs, touched | (dz != 0))
+
+
+def _scale(tabs, where):
+    """The tolerance's scale per row: ``1 + max |t_i|`` over the coordinates ``where`` (n, D)."""
+    xp = xp_of(tabs)
+    return 1 + xp.max(xp.where(where, tabs, 0), axis=1)
 
 
 def _active_set(ws, oracle, tol, max_iter, parts):
