@@ -7,9 +7,9 @@ oracles can tell the solver more than an argmax:
 * ``face_dim``: the dimension of the minimal face containing the marginals
   of a support, read off the support vertices exactly (``spans_face``);
 * ``warm_start``: the projection ``μ`` of ``t`` and an affinely independent
-  set of vertices, with weights, that spans its face and mixes to ``μ``.  The active-set solver
-  starts from it, recomputes the weights by its own KKT solve and certifies
-  optimality with the oracle.
+  set of vertices, with weights, that spans its face and mixes to ``μ``.  The
+  solver certifies it with the active set's own stopping test (one oracle
+  call); a row that fails iterates from a vertex.
 
 Why a warm start: from a single vertex, the active-set path at D = 128
 approaches ``μ`` to ~1e-11 with about 55 vertices while the face needs ~88;
