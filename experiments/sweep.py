@@ -209,7 +209,12 @@ def experiment_options(experiment):
 # =========================================================================== one run
 
 def run_state(run, root):
-    """``("done" | "resume" | "new" | "conflict", detail)`` of a run's directory."""
+    """``("done" | "resume" | "new" | "conflict", detail)`` of a run's directory.
+
+    The requested options are compared with the ones ``config.json`` records (options it
+    does not record, such as ``no_download``, cannot differ); the method's default of an
+    option the spec leaves out is not compared.
+    """
     out = Path(root) / run.name
     config_path = out / "config.json"
     if config_path.exists():
@@ -219,12 +224,9 @@ def run_state(run, root):
             config = None
         if isinstance(config, dict):
             diff = [k for k, v in run.options.items() if k in config and not _same(config[k], v)]
-            missing = [k for k, v in run.options.items() if k not in config and v is not False]
             if diff:
                 shown = ", ".join(f"{k}={config[k]!r} (requested {run.options[k]!r})" for k in diff)
                 return "conflict", f"{out} holds another run: {shown}; move it or use another --root"
-            if missing and (out / "test.json").exists():
-                return "conflict", f"{out}/config.json lacks {', '.join(missing)}; cannot tell it is this run"
     if (out / "test.json").exists() and config_path.exists():
         return "done", ""
     if config_path.exists() and any((out / c).exists() for c in CHECKPOINTS):
