@@ -77,6 +77,11 @@ def test_conflicting_directory_fails_and_is_left_alone(tmp_path):
     assert json.loads((tmp_path / run.name / "config.json").read_text())["lr"] == 0.5
 
 
+def _epochs(run_dir):
+    path = run_dir / "metrics.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "experiments.sweep", *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT, check=False)
@@ -121,3 +126,46 @@ def test_dask_engine_equals_local(local_root, tmp_path):
         results = sweep.run_dask(_runs(), tmp_path, cluster.scheduler_address)
     assert [r["status"] for r in results] == ["ok"] * 4, results
     assert _tests(tmp_path) == _tests(local_root)
+
+
+@pytest.mark.slow
+def test_dask_lost_worker_resumes_from_checkpoint(tmp_path):
+    """SIGKILL one of the two worker processes while both run: Dask reschedules the lost
+    task, the run resumes from its checkpoint (its log shows a second, --resume command)
+    and every result equals the local engine's on the same grid."""
+    import os
+    import signal
+    import threading
+    import time
+    distributed = pytest.importorskip("distributed")
+    spec = sweep.load_spec(TINY)
+    spec["options"] = dict(spec["options"], steps=4000, steps_per_epoch=100)
+    runs = sweep.expand(spec)
+    local = sweep.run_local(runs, tmp_path / "local", workers=2)
+    assert [r["status"] for r in local] == ["ok"] * 4
+    root = tmp_path / "dask"
+    results = {}
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        thread = threading.Thread(target=lambda: results.update(
+            out=sweep.run_dask(runs, root, cluster.scheduler_address)))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:        # both workers mid-run, past a checkpoint
+            started = [r for r in runs if any((root / r.name / c).exists() for c in sweep.CHECKPOINTS)
+                       and not (root / r.name / "test.json").exists()
+                       and _epochs(root / r.name) <= 25]          # of 40: far from the end
+            if len(started) >= 2:
+                break
+            time.sleep(0.05)
+        assert len(started) >= 2, "no run reached a checkpoint in 60 s"
+        nanny = next(iter(cluster.workers.values()))
+        os.kill(nanny.process.pid, signal.SIGKILL)
+        thread.join(120)
+    assert not thread.is_alive()
+    assert [r["status"] for r in results["out"]] == ["ok"] * 4, results["out"]
+    headers = [[line for line in (root / "_logs" / f"{r.name}.log").read_text().splitlines()
+                if line.startswith("# ")] for r in runs]
+    assert any(len(h) == 2 and "--resume" in h[1] for h in headers), headers
+    assert _tests(root) == {r.name: json.loads((tmp_path / "local" / r.name / "test.json").read_text())
+                            for r in runs}
