@@ -41,7 +41,17 @@ TEST = {
 }
 CALLS = (("calls mean", ("test_calls_mean", "calls_mean")), ("calls median", ("test_calls_median", "calls_median")),
          ("calls p25", ("test_calls_p25", "calls_p25")), ("calls p75", ("test_calls_p75", "calls_p75")))
-NOT_HYPER = {"seed", "label", "out", "resume", "overwrite", "data_dir", "experiment"}
+NOT_HYPER = {"seed", "label", "out", "resume", "overwrite", "data_dir", "experiment", "argv", "versions",
+             "download", "data", "data_source", "pid", "host", "started"}
+# configs written before they named their experiment: a key only that experiment records
+EXPERIMENT_MARK = (("bits", "bitvae"), ("labeled_only", "ssvae"), ("game_size", "signal_game"))
+
+
+def experiment_of(config):
+    """``config["experiment"]``, else the experiment whose own option the config records."""
+    if config.get("experiment"):
+        return str(config["experiment"])
+    return next((name for key, name in EXPERIMENT_MARK if key in config), "None")
 
 
 class ReportError(ValueError):
@@ -66,7 +76,7 @@ def load_sweep(root):
         runs.append({"name": path.name, "dir": str(path), "config": config, "metrics": metrics, "test": test})
     if not runs:
         raise ReportError(f"no run directory (with config.json) under {str(root)!r}")
-    kinds = sorted({str(r["config"].get("experiment")) for r in runs})
+    kinds = sorted({experiment_of(r["config"]) for r in runs})
     if len(kinds) > 1:
         raise ReportError(f"{root} mixes experiments {', '.join(kinds)}; report one sweep at a time")
     if kinds[0] not in VALIDATION:
@@ -176,7 +186,9 @@ def summarize(experiment, setting):
 def _fmt(x, digits=4):
     if x is None:
         return "—"
-    return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.1f}"
+    if x != 0 and abs(x) >= 10 ** (digits - 1):     # no exponent: 4149, 191.9, 140
+        return f"{x:.{max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))}f}"
+    return f"{x:.{digits}g}"
 
 
 def _pm(s):

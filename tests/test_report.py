@@ -125,3 +125,17 @@ def test_cli_writes_report(tmp_path):
     out = _cli(tmp_path / "sweep", "--out", tmp_path / "out", "--no-figures")
     assert out.returncode == 0, out.stderr
     assert "method=topk: lr=0.002" in out.stdout and (tmp_path / "out" / "report.md").exists()
+
+
+def test_experiment_inferred_from_config_keys(tmp_path):
+    # a bit-VAE config.json that does not name its experiment (it records "bits")
+    _write_sweep(tmp_path / "sweep")
+    for config_path in (tmp_path / "sweep").glob("*/config.json"):
+        config = json.loads(config_path.read_text())
+        del config["experiment"]
+        config["argv"] = ["--seed", str(config["seed"])]         # differs per run: not a hyperparameter
+        config_path.write_text(json.dumps(config))
+    experiment, runs = report.load_sweep(tmp_path / "sweep")
+    assert experiment == "bitvae"
+    assert _group(report.select(experiment, runs), "topk")["hyper"] == ["lr"]
+    assert report._fmt(4149.4) == "4149" and report._fmt(140.2, 2) == "140" and report._fmt(0.15173) == "0.1517"
