@@ -33,6 +33,7 @@ rescheduled by Dask and resumes from the run's checkpoint.
 """
 import argparse
 import concurrent.futures
+import functools
 import itertools
 import json
 import os
@@ -206,6 +207,11 @@ def experiment_options(experiment):
     return {m.replace("-", "_") for m in re.findall(r"(?<![\w-])--([a-z][a-z0-9-]*)", out.stdout)}
 
 
+@functools.lru_cache(maxsize=None)
+def _options_cached(experiment):
+    return frozenset(experiment_options(experiment))
+
+
 # =========================================================================== one run
 
 def run_state(run, root):
@@ -280,7 +286,13 @@ def run_one(run, root, threads=1, overwrite_flag=False):
         return {**result, "status": "failed", "returncode": None, "error": detail}
     out.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    overwrite = state == "new" and overwrite_flag and any(out.iterdir())
+    # starting afresh in a non-empty directory: experiments that refuse to reuse one need
+    # --overwrite; given when the leftovers are this run's own (config.json as requested,
+    # no checkpoint: nothing to keep) or when the sweep was asked to (--overwrite)
+    leftovers = any(p.name != ".lock" for p in out.iterdir())
+    own = (out / "config.json").exists()
+    overwrite = (state == "new" and leftovers and (own or overwrite_flag)
+                 and "overwrite" in _options_cached(run.experiment))
     argv = run.argv(out, resume=state == "resume", overwrite=overwrite)
     start = time.perf_counter()
     with open(log, "a", encoding="utf-8") as f:
@@ -397,8 +409,8 @@ def build_parser():
     parser.add_argument("--threads", type=_positive, default=1,
                         help="OPENBLAS/OMP/MKL threads of each run")
     parser.add_argument("--overwrite", action="store_true",
-                        help="pass --overwrite to a run that starts afresh in a non-empty directory "
-                             "(experiments that refuse to reuse a directory)")
+                        help="pass --overwrite to a run that starts afresh in a directory holding files "
+                             "other than its own config.json (those are always replaced)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     return parser
 
@@ -428,9 +440,13 @@ def main(argv=None):
         cli_error(parser, str(exc))
     root = Path(args.root)
     if args.dry_run:
-        for run in runs:
-            state, detail = run_state(run, root)
-            print(f"{state:8s} {run.name}  {' '.join(run.argv(root / run.name)[3:])}")
+        try:
+            for run in runs:
+                state, detail = run_state(run, root)
+                print(f"{state:8s} {run.name}  {' '.join(run.argv(root / run.name)[3:])}", flush=True)
+        except BrokenPipeError:          # `... --dry-run | head`
+            sys.stderr.close()
+            return 0
         print(f"{len(runs)} runs", file=sys.stderr)
         return 0
     root.mkdir(parents=True, exist_ok=True)

@@ -169,3 +169,14 @@ def test_dask_lost_worker_resumes_from_checkpoint(tmp_path):
     assert any(len(h) == 2 and "--resume" in h[1] for h in headers), headers
     assert _tests(root) == {r.name: json.loads((tmp_path / "local" / r.name / "test.json").read_text())
                             for r in runs}
+
+
+def test_crash_before_first_checkpoint_restarts(tmp_path, local_root):
+    # config.json as requested, no checkpoint, no test.json: the run starts again afresh
+    run = _runs()[0]
+    (tmp_path / run.name).mkdir()
+    (tmp_path / run.name / "config.json").write_text((local_root / run.name / "config.json").read_text())
+    assert sweep.run_state(run, tmp_path) == ("new", "")
+    result = sweep.run_one(run, tmp_path)
+    assert result["status"] == "ok" and not result["resumed"]
+    assert json.loads((tmp_path / run.name / "test.json").read_text()) == _tests(local_root)[run.name]
