@@ -1,0 +1,307 @@
+"""Model selection and test statistics of a sweep, as the paper's App. B, in Markdown and PNG.
+
+    python -m experiments.report SWEEP_ROOT --out DIR [--by bits]
+
+Every directory under ``SWEEP_ROOT`` holding a ``config.json`` is a run (``_logs`` and
+other folders without one are ignored); all runs must be of one experiment.  Runs are
+grouped by ``method`` (and the ``--by`` keys); inside a group a *setting* is one value of
+each hyperparameter, the config keys other than ``seed`` that differ between the runs.
+
+Selection (App. B): per group, the setting with the best mean over seeds of each run's
+best validation value -- validation ELBO (``val_elbo``) for bitvae and ssvae, validation
+success (``val_success``, before the vocabulary change ``val_acc``) for the signal game;
+ties go to the setting listed first.  Only finished runs (``test.json`` present) count.
+
+Statistics over the seeds of the selected setting: mean, sample standard deviation
+(``ddof=1``; undefined for one seed) and standard error ``std / sqrt(n)`` of each test
+quantity present in ``test.json``, and of the decoder calls (mean, median, quartiles).
+
+Writes ``DIR/report.md`` (tables), ``DIR/report.json`` (the same numbers) and, with
+matplotlib (``pip install sparsemarg[plot]``), ``DIR/curves_<key>.png`` (validation and
+training curves of the selected settings: mean over seeds with a standard-error band),
+``DIR/calls.png`` (training decoder calls: median with the mean quartiles) and, for the
+bit-VAE, ``DIR/rate_distortion.png``.  Legends name what differs between the curves.
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+from experiments.common import atomic_open, cli_error, make_parser, read_json, read_metrics
+
+__all__ = ["load_sweep", "select", "summarize", "write_report", "main"]
+
+VALIDATION = {"bitvae": ("val_elbo",), "ssvae": ("val_elbo",), "signal_game": ("val_success", "val_acc")}
+# (column, candidate keys in test.json): the first key present is used
+TEST = {
+    "bitvae": (("ELBO", ("test_elbo", "elbo")), ("NLL (bits/dim)", ("test_nll_bits_per_dim", "nll_bits_per_dim")),
+               ("rate", ("test_rate", "rate")), ("distortion", ("test_distortion", "distortion"))),
+    "ssvae": (("accuracy", ("test_acc", "test_accuracy")), ("ELBO", ("test_elbo", "elbo"))),
+    "signal_game": (("success", ("test_success", "test_acc")),),
+}
+CALLS = (("calls mean", ("test_calls_mean", "calls_mean")), ("calls median", ("test_calls_median", "calls_median")),
+         ("calls p25", ("test_calls_p25", "calls_p25")), ("calls p75", ("test_calls_p75", "calls_p75")))
+NOT_HYPER = {"seed", "label", "out", "resume", "overwrite", "data_dir", "experiment", "argv", "versions",
+             "download", "data", "data_source", "pid", "host", "started"}
+# configs written before they named their experiment: a key only that experiment records
+EXPERIMENT_MARK = (("bits", "bitvae"), ("labeled_only", "ssvae"), ("game_size", "signal_game"))
+
+
+def experiment_of(config):
+    """``config["experiment"]``, else the experiment whose own option the config records."""
+    if config.get("experiment"):
+        return str(config["experiment"])
+    return next((name for key, name in EXPERIMENT_MARK if key in config), "None")
+
+
+class ReportError(ValueError):
+    """A sweep folder that cannot be reported (message names the folder and the fix)."""
+
+
+# =========================================================================== reading
+
+def load_sweep(root):
+    """``(experiment, runs)``: runs are dicts ``name, dir, config, metrics, test`` sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ReportError(f"sweep root {str(root)!r} is not a directory")
+    runs = []
+    for path in sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()):
+        try:
+            config = read_json(path / "config.json")
+            test = read_json(path / "test.json") if (path / "test.json").exists() else None
+            metrics = read_metrics(path / "metrics.jsonl")
+        except ValueError as exc:
+            raise ReportError(f"{path}: unreadable run files ({exc})") from None
+        runs.append({"name": path.name, "dir": str(path), "config": config, "metrics": metrics, "test": test})
+    if not runs:
+        raise ReportError(f"no run directory (with config.json) under {str(root)!r}")
+    kinds = sorted({experiment_of(r["config"]) for r in runs})
+    if len(kinds) > 1:
+        raise ReportError(f"{root} mixes experiments {', '.join(kinds)}; report one sweep at a time")
+    if kinds[0] not in VALIDATION:
+        raise ReportError(f"{root}: config.json 'experiment' is {kinds[0]!r}, not one of {', '.join(VALIDATION)}")
+    return kinds[0], runs
+
+
+def _number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _first(record, keys):
+    for key in keys:
+        if record and _number(record.get(key)) is not None:
+            return float(record[key])
+    return None
+
+
+def _hashable(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+def _hyperparameters(runs, group_keys):
+    """Config keys (other than seeds and the group keys) whose values differ between runs of
+    one group (a method's default that differs only between methods is not one)."""
+    keys = sorted({k for r in runs for k in r["config"]} - NOT_HYPER - set(group_keys))
+    groups = {}
+    for run in runs:
+        groups.setdefault(tuple(_hashable(run["config"].get(k)) for k in group_keys), []).append(run)
+    return [key for key in keys
+            if any(len({_hashable(r["config"].get(key)) for r in members}) > 1 for members in groups.values())]
+
+
+def validation_key(experiment, runs):
+    """The validation key the runs log (the first of ``VALIDATION[experiment]`` present)."""
+    for key in VALIDATION[experiment]:
+        if any(_number(rec.get(key)) is not None for r in runs for rec in r["metrics"]):
+            return key
+    return VALIDATION[experiment][0]
+
+
+# =========================================================================== statistics
+
+def stats(values):
+    """``dict(n, mean, std, se, median)`` of a list of floats; ``std``/``se`` None for n < 2."""
+    n = len(values)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "se": None, "median": None}
+    mean = math.fsum(values) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    ordered = sorted(values)
+    median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    return {"n": n, "mean": mean, "std": std, "se": None if std is None else std / math.sqrt(n),
+            "median": median}
+
+
+def best_validation(run, key):
+    """A run's best (largest) validation ``key`` over its epochs, or None."""
+    values = [v for v in (_first(rec, (key,)) for rec in run["metrics"]) if v is not None]
+    return max(values) if values else None
+
+
+def select(experiment, runs, by=()):
+    """Per group (method and ``by`` keys): every setting's validation statistics and the best one.
+
+    Returns a list of groups ``dict(group, settings, best, hyper)``; a setting is
+    ``dict(values, runs, validation)`` (``values``: the hyperparameters' values).
+    """
+    group_keys = ("method",) + tuple(by)
+    hyper = _hyperparameters(runs, group_keys)
+    key = validation_key(experiment, runs)
+    groups = {}
+    for run in runs:
+        gkey = tuple(_hashable(run["config"].get(k)) for k in group_keys)
+        skey = tuple(_hashable(run["config"].get(k)) for k in hyper)
+        groups.setdefault(gkey, {}).setdefault(skey, []).append(run)
+    result = []
+    for gkey, settings in groups.items():
+        rows = []
+        for skey, members in settings.items():
+            finished = [r for r in members if r["test"] is not None]
+            vals = [v for v in (best_validation(r, key) for r in finished) if v is not None]
+            rows.append({"values": dict(zip(hyper, skey)), "runs": members, "validation": stats(vals),
+                         "unfinished": [r["name"] for r in members if r["test"] is None]})
+        scored = [s for s in rows if s["validation"]["mean"] is not None]
+        best = max(scored, key=lambda s: s["validation"]["mean"]) if scored else None   # first of ties
+        result.append({"group": dict(zip(group_keys, gkey)), "settings": rows, "best": best, "hyper": hyper,
+                       "validation_key": key})
+    return result
+
+
+def summarize(experiment, setting):
+    """Test statistics over the finished seeds of one setting: ``{column: stats}``."""
+    finished = [r for r in setting["runs"] if r["test"] is not None]
+    out = {}
+    for column, keys in TEST[experiment] + CALLS:
+        values = [v for v in (_first(r["test"], keys) for r in finished) if v is not None]
+        if values:
+            out[column] = stats(values)
+    return out
+
+
+# =========================================================================== writing
+
+def _fmt(x, digits=4):
+    if x is None:
+        return "—"
+    if x != 0 and abs(x) >= 10 ** (digits - 1):     # no exponent: 4149, 191.9, 140
+        return f"{x:.{max(0, digits - 1 - int(math.floor(math.log10(abs(x)))))}f}"
+    return f"{x:.{digits}g}"
+
+
+def _pm(s):
+    if s["std"] is None:
+        return f"{_fmt(s['mean'])} (n=1)"
+    return f"{_fmt(s['mean'])} ± {_fmt(s['std'])} (s.e. {_fmt(s['se'], 2)})"
+
+
+def _label(values):
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "—"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def markdown(experiment, groups, root):
+    """The report's Markdown text."""
+    metric = groups[0]["validation_key"] if groups else VALIDATION[experiment][0]
+    lines = [f"# Sweep report: {experiment}", "", f"Runs under `{root}`. Selection per "
+             f"{' and '.join(groups[0]['group']) if groups else 'method'}: the setting with the best mean "
+             f"over seeds of the best `{metric}`; then test statistics over its seeds (mean ± sample std, "
+             "standard error).", ""]
+    columns = [c for c, _ in TEST[experiment] + CALLS
+               if any(g["best"] and c in g["summary"] for g in groups)]
+    rows = []
+    for g in groups:
+        if g["best"] is None:
+            rows.append([_label(g["group"]), "no finished run", "0"] + ["—"] * (len(columns) + 1))
+            continue
+        s = g["summary"]
+        rows.append([_label(g["group"]), _label(g["best"]["values"]), g["best"]["validation"]["n"],
+                     _fmt(g["best"]["validation"]["mean"])]
+                    + [_pm(s[c]) if c in s else "—" for c in columns])
+    lines += ["## Test results of the selected settings", ""]
+    lines += _table(["group", "selected", "seeds", f"mean best {metric}"] + columns, rows)
+    lines += ["", "## Every setting (validation)", ""]
+    rows = []
+    for g in groups:
+        for s in g["settings"]:
+            v = s["validation"]
+            rows.append([_label(g["group"]), _label(s["values"]), v["n"],
+                         _pm(v) if v["n"] else "—", "**selected**" if s is g["best"] else "",
+                         ", ".join(s["unfinished"]) or ""])
+    lines += _table(["group", "setting", "seeds", f"best {metric}", "", "unfinished runs"], rows)
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(groups):
+    out = []
+    for g in groups:
+        best = g["best"]
+        out.append({"group": g["group"], "hyperparameters": g["hyper"], "validation_key": g["validation_key"],
+                    "selected": None if best is None else best["values"],
+                    "selected_runs": [] if best is None else [r["name"] for r in best["runs"]],
+                    "validation": None if best is None else best["validation"],
+                    "test": g["summary"],
+                    "settings": [{"values": s["values"], "validation": s["validation"],
+                                  "runs": [r["name"] for r in s["runs"]], "unfinished": s["unfinished"]}
+                                 for s in g["settings"]]})
+    return out
+
+
+def write_report(root, out, by=(), figures=True):
+    """Select, summarize and write ``out/report.md``, ``out/report.json`` and the figures.
+
+    Returns ``(groups, figure paths)``.
+    """
+    experiment, runs = load_sweep(root)
+    groups = select(experiment, runs, by)
+    for g in groups:
+        g["summary"] = summarize(experiment, g["best"]) if g["best"] else {}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "report.md", "w") as f:
+        f.write(markdown(experiment, groups, root))
+    with atomic_open(out / "report.json", "w") as f:
+        json.dump({"experiment": experiment, "groups": _jsonable(groups)}, f, indent=2)
+    paths = []
+    if figures:
+        from experiments import report_figures  # noqa: PLC0415  (matplotlib only when drawing)
+        paths = report_figures.draw(experiment, groups, out)
+    return groups, paths
+
+
+def main(argv=None):
+    parser = make_parser(__doc__.split("\n\n")[0], prog="python -m experiments.report")
+    parser.add_argument("root", metavar="SWEEP_ROOT", help="the --root of a sweep")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, report.json, PNGs")
+    parser.add_argument("--by", action="append", default=[], metavar="KEY",
+                        help="config key that splits groups besides method, e.g. bits (repeatable)")
+    parser.add_argument("--no-figures", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+    figures = not args.no_figures
+    if figures:
+        try:
+            import matplotlib  # noqa: F401,PLC0415
+        except ImportError:
+            print("report: matplotlib not installed, tables only (pip install 'sparsemarg[plot]')",
+                  file=sys.stderr)
+            figures = False
+    try:
+        groups, paths = write_report(args.root, args.out, args.by, figures)
+    except (ReportError, OSError) as exc:
+        cli_error(parser, str(exc))
+    for g in groups:
+        chosen = "no finished run" if g["best"] is None else _label(g["best"]["values"])
+        print(f"{_label(g['group'])}: {chosen}")
+    print(f"wrote {Path(args.out) / 'report.md'}" + (f" and {len(paths)} figures" if paths else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
