@@ -30,7 +30,8 @@ override); the fused decoder head is written for one core per process.
 
 Exit status: 0 done; 1 the run stopped on a non-finite loss (the last good
 checkpoint is kept); 2 bad input (an option, a missing or corrupt dataset
-file, a checkpoint that does not match the options), one line on stderr.
+file, a checkpoint that does not match the options, an ``--out`` another run holds or that holds a
+run while neither ``--resume`` nor ``--overwrite`` is given), one line on stderr.
 """
 import os
 

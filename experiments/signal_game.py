@@ -155,7 +155,7 @@ def _sampled_success(game, method, logits, cands, t, rng):
     return (scores.data.argmax(axis=1) == t).astype(logits.dtype)
 
 
-def evaluate(game, method, x, images, target, chunk=512, rng=None):
+def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc=None):
     """Success, NLL and receiver calls on fixed games (module docstring), under no_grad.
 
     Returns ``dict(acc, acc_argmax, success_argmax, success_sampled, loss, calls_mean)``:
@@ -164,6 +164,7 @@ def evaluate(game, method, x, images, target, chunk=512, rng=None):
     for every method; ``success_sampled`` the expected success again for dense/sparsemax and,
     for the sampling methods, that of one message sampled per game from ``rng`` (numpy
     Generator; default ``default_rng(0)``) as in :func:`_sampled_success`.
+    ``progress_desc``: show the chunks' progress under that name.
     """
     from refimpl import sparsemax as _sparsemax  # noqa: PLC0415
     xp, dtype = game.messages.xp, game.messages.dtype
@@ -171,7 +172,11 @@ def evaluate(game, method, x, images, target, chunk=512, rng=None):
     tot = {"acc": 0.0, "acc_argmax": 0.0, "sampled": 0.0, "loss": 0.0, "calls": 0.0}
     rows = game.receiver_rows
     with no_grad():
-        for lo in range(0, len(target), chunk):
+        starts = range(0, len(target), chunk)
+        if progress_desc is not None:
+            starts = common.progress(starts, total=len(starts), desc=progress_desc,
+                                     log_every=max(1, len(starts) // 10), unit="batches")
+        for lo in starts:
             im, t = xp.asarray(images[lo:lo + chunk]), xp.asarray(target[lo:lo + chunk])
             b = int(t.shape[0])
             cands = game.candidates(x[im])
@@ -340,14 +345,15 @@ def _train_steps(game, opt, est, args, x, data, rng, coeff, n, step0, clock=None
 
 def _test(game, args, x, test, out, best):
     """Test games with the last model and the best-validation one (``test.json``)."""
-    last = evaluate(game, args.method, x, *test, rng=np.random.default_rng([args.seed, 2]))
+    last = evaluate(game, args.method, x, *test, rng=np.random.default_rng([args.seed, 2]),
+                    progress_desc="test (last model)")
     result = {"last_step": int(args.steps), **{f"last_test_{k}": v for k, v in last.items()}}
     if (out / "best.npz").exists():
         game.load_state_dict(common.load_checkpoint(out / "best.npz")["model"])
         result.update(best_step=int(best["step"]), best_val_acc=best["val_acc"],
                       **{f"test_{k}": v for k, v in evaluate(
-                          game, args.method, x, *test,
-                          rng=np.random.default_rng([args.seed, 2])).items()})
+                          game, args.method, x, *test, rng=np.random.default_rng([args.seed, 2]),
+                          progress_desc="test (best model)").items()})
     result["random_guess"] = 1.0 / args.game_size
     return result
 
