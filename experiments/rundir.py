@@ -11,10 +11,9 @@ Re-exported by :mod:`experiments.common`.
 * **Leftovers**: temporary files of :func:`experiments.runfiles.atomic_open`
   (``.config.*.json.tmp`` ...) left by a killed run are removed at start and resume.
 
-POSIX only (``fcntl``).
+POSIX only (``fcntl``, imported when a lock is taken).
 """
 import contextlib
-import fcntl
 import os
 from pathlib import Path
 
@@ -41,6 +40,7 @@ class RunLock:
     def release(self):
         """Unlock and close (idempotent); the lock file stays (it is harmless)."""
         if self._fd is not None:
+            import fcntl  # noqa: PLC0415
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -50,6 +50,7 @@ class RunLock:
 def lock_run_dir(out, parser_or_prog=None):
     """Take the exclusive lock of the directory ``out``; a :class:`RunLock`, or exit 2 with
     one line naming the PID of the run holding it."""
+    import fcntl  # noqa: PLC0415  (POSIX; imported here so the module imports everywhere)
     path = Path(out) / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
