@@ -30,7 +30,8 @@ override); the fused decoder head is written for one core per process.
 
 Exit status: 0 done; 1 the run stopped on a non-finite loss (the last good
 checkpoint is kept); 2 bad input (an option, a missing or corrupt dataset
-file, a checkpoint that does not match the options), one line on stderr.
+file, a checkpoint that does not match the options, an ``--out`` another run holds or that holds a
+run while neither ``--resume`` nor ``--overwrite`` is given), one line on stderr.
 """
 import os
 
@@ -231,7 +232,8 @@ def train_epoch(run, images, epoch, args):
     steps = -(-N // B)
     loss_sum, calls = xp.zeros((), dtype=np.float64), xp.zeros(N, dtype=np.int64)
     frozen = xp.zeros((), dtype=np.int64)
-    bar = common.progress(range(steps), total=steps, desc=f"epoch {epoch}/{args.epochs}")
+    bar = common.progress(range(steps), total=steps, desc=f"epoch {epoch}/{args.epochs}",
+                          log_every=args.log_every, clock=run.clock)
     for s in bar:
         if "gumbel" in args.method:
             run.estimator.temperature = gumbel_temperature(run.step, args.gumbel_rate)
@@ -281,6 +283,7 @@ class Run:
         self.estimator = make_method_estimator(args)
         self.rng_data, self.rng_noise = np.random.default_rng(seeds[1]), np.random.default_rng(seeds[2])
         self.epoch, self.step, self.best_val, self.best_epoch = 0, 0, -math.inf, 0
+        self.clock = None          # a common.RunClock once training starts (not checkpointed)
 
     def state_dict(self, args):
         opt = self.opt.state_dict()
@@ -330,7 +333,9 @@ def write_config(out, args):
         versions["cupy"] = sys.modules["cupy"].__version__
     label = args.method + (" (onehot)" if args.method in SPARSE[1:]
                            and args.sparsemap_encoding == "onehot" else "")
+    from experiments.data import data_source  # noqa: PLC0415
     config = dict(vars(args), out=str(out), data_dir=args.data_dir, label=label,
+                  data=data_source("fashion-mnist", ("images",), args.data_dir),
                   train_size=args.max_train or N_TRAIN, val_size=val_size(args.max_train),
                   versions=versions, argv=sys.argv[1:])
     common.write_json(out / "config.json", config)
@@ -340,13 +345,18 @@ def write_config(out, args):
 def train(run, data, args, out, log):
     """Epochs ``run.epoch + 1 .. args.epochs``: train, validate, log, checkpoint."""
     D, n_train = args.bits, data["train"].shape[0]
+    steps = -(-n_train // args.batch_size)
+    run.clock = common.RunClock(args.epochs * steps, run.epoch * steps, args.epochs - run.epoch,
+                                test_cost=test_cost(data, args, calls=args.k))
     while run.epoch < args.epochs:
         epoch, start, cpu = run.epoch + 1, time.perf_counter(), time.process_time()
         loss_sum, calls, frozen = train_epoch(run, data["train"], epoch, args)
-        steps = -(-n_train // args.batch_size)
+        val_start = time.perf_counter()
         val = evaluate(run.model, run.estimator, args.method in SPARSE, data["val"],
                        eval_rng(args.seed, "val", epoch), args.eval_batch_size,
                        DECODE_ROWS[args.backend])
+        run.clock.add_eval(time.perf_counter() - val_start)
+        run.clock.test_cost = test_cost(data, args, calls=float(val["calls"].mean()))
         record = {"epoch": epoch, "step": run.step,
                   "train_elbo": -float(loss_sum) / n_train - D * math.log(2),
                   "val_elbo": val["elbo"], "rate": val["rate"], "distortion": val["distortion"],
@@ -365,9 +375,19 @@ def train(run, data, args, out, log):
         common.save_checkpoint(out / "last.npz", run.state_dict(args))
         print(f"epoch {epoch}: train ELBO {record['train_elbo']:.2f}, val ELBO {val['elbo']:.2f} "
               f"(rate {val['rate']:.2f}, distortion {val['distortion']:.2f}), calls "
-              f"{record['calls_mean']:.2f}, {record['seconds']:.1f}s", file=sys.stderr, flush=True)
+              f"{record['calls_mean']:.2f}, {record['seconds']:.1f}s, run ETA "
+              f"{common.format_seconds(run.clock.eta() or 0.0)}", file=sys.stderr, flush=True)
         if record["frozen_steps"] == 1.0:
             print(FROZEN_WARNING.format(epoch=epoch), file=sys.stderr, flush=True)
+
+
+def test_cost(data, args, calls):
+    """The test phase's cost in validation passes, for the run's ETA (rough): test images
+    over validation images, times the rows decoded per image, ``calls`` for the ELBO plus
+    twice ``--nll-samples`` for the two NLL estimators, over ``calls``."""
+    ratio = data["test"].shape[0] / max(1, data["val"].shape[0])
+    calls = max(1.0, calls)
+    return ratio * (calls + 2 * args.nll_samples) / calls
 
 
 def test(run, data, args, out):
@@ -377,7 +397,9 @@ def test(run, data, args, out):
     start, cpu = time.perf_counter(), time.process_time()
     res = evaluate(run.model, run.estimator, args.method in SPARSE, data["test"],
                    eval_rng(args.seed, "test"), args.eval_batch_size, DECODE_ROWS[args.backend],
-                   nll_samples=args.nll_samples)
+                   nll_samples=args.nll_samples,
+                   progress_desc="test" + (f" (NLL, {args.nll_samples} samples)"
+                                           if args.nll_samples else ""))
     result = {"method": args.method, "bits": args.bits, "best_epoch": run.best_epoch,
               "test_examples": int(data["test"].shape[0]), "elbo": res["elbo"], "rate": res["rate"],
               "distortion": res["distortion"], **common.summarize_calls(res["calls"], "calls_"),
@@ -397,7 +419,13 @@ def main(argv=None):
     parser = build_parser()
     args = resolve_args(parser.parse_args(argv), parser)
     xp = common.select_backend(args.backend, parser)
-    out = common.prepare_out_dir(args.out, parser)
+    with common.run_directory(args.out, parser, resume=args.resume,
+                              overwrite=args.overwrite) as out:
+        return _main(args, parser, xp, out)
+
+
+def _main(args, parser, xp, out):
+    """The run, with ``out`` locked (see :func:`experiments.common.run_directory`)."""
     data = load_splits(args, xp, parser)
     run = Run(args, xp)
     if args.resume:

@@ -18,6 +18,7 @@ import numpy as np
 
 from nets import MLP, Linear, Module, Tensor, no_grad, ops
 from nets.autodiff import as_tensor, is_grad_enabled, make_output
+from experiments.runfiles import progress
 from refimpl.backend import to_numpy, xp_of
 from refimpl.numerics import bernoulli_entropy, bit_codes, logsumexp
 from refimpl.numerics import log_sigmoid as _log_sigmoid
@@ -389,7 +390,7 @@ def _sparse_pairs(model, estimator, t, x, rng):
 
 
 def evaluate(model, estimator, sparse, images, rng, batch_size=256, decode_rows=4096,
-             nll_samples=0):
+             nll_samples=0, progress_desc=None):
     """Mean ELBO, rate and distortion (nats) of uint8 ``images`` (N, P) without gradients,
     decoder calls per example (numpy (N,)), and with ``nll_samples`` the NLL in bits/dim by
     :func:`importance_nll` (with its effective sample size per image, ``nll_ess``: mean
@@ -398,7 +399,8 @@ def evaluate(model, estimator, sparse, images, rng, batch_size=256, decode_rows=
     sparse : the estimator is deterministic with an explicit support (π, its ELBO is
     exact); otherwise q = Bernoulli(σ(t)) and the ELBO uses one hard sample z ~ q (also
     for the Gumbel methods, whose training loss uses relaxed samples).  ``rng`` draws all
-    evaluation noise; ``decode_rows`` bounds the rows decoded at once.
+    evaluation noise; ``decode_rows`` bounds the rows decoded at once.  ``progress_desc``:
+    show the batches' progress under that name (a bar on a terminal, lines off it).
     """
     xp, D = model.xp, model.bits
     decode = lambda z, tg: model.decode_nll_rows(z, tg, decode_rows)  # noqa: E731
@@ -406,7 +408,11 @@ def evaluate(model, estimator, sparse, images, rng, batch_size=256, decode_rows=
             "ess": 0.0}
     calls, N, ess_min = [], images.shape[0], math.inf
     with no_grad():
-        for i in range(0, N, batch_size):
+        starts = range(0, N, batch_size)
+        if progress_desc is not None:
+            starts = progress(starts, total=len(starts), desc=progress_desc,
+                              log_every=max(1, len(starts) // 10), unit="batches")
+        for i in starts:
             x = images[i:i + batch_size]
             t = model.encode(x)
             if sparse:

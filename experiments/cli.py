@@ -105,9 +105,13 @@ def add_data_dir_arg(parser):
 
 
 def add_resume_arg(parser):
-    """``--resume``: continue from the checkpoint in ``--out``."""
+    """``--resume``: continue from the checkpoint in ``--out``; ``--overwrite``: replace the
+    run there (see :mod:`experiments.rundir`)."""
     parser.add_argument("--resume", action="store_true",
                         help="continue from the last checkpoint in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run already in --out (its config, metrics, test "
+                             "results, checkpoints and plots; nothing else) and start afresh")
 
 
 def add_training_args(parser, epochs, batch_size, lr=None):

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["DataError", "DATASETS", "SPLITS", "FILES", "MIRRORS", "cache_root", "resolve_file",
-           "parse_idx", "load_images", "load_labels", "load_dataset"]
+           "parse_idx", "load_images", "load_labels", "load_dataset", "data_source"]
 
 
 class DataError(RuntimeError):
@@ -404,3 +404,19 @@ def load_dataset(name, data_dir=None, download=False):
         out[f"{split}_images"] = load_images(name, split, data_dir, download)
         out[f"{split}_labels"] = load_labels(name, split, data_dir, download)
     return out
+
+
+# --------------------------------------------------------------------------- public: provenance
+
+def data_source(name, kinds=("images", "labels"), data_dir=None):
+    """Where ``name``'s files were found and their verified SHA-256 (for ``config.json``):
+    ``dict(dataset, dir, sha256={file name: checksum})``.  Call after loading: each file
+    is resolved again (a cached check) and its official checksum recorded."""
+    files = {}
+    for kind in kinds:
+        for split in SPLITS:
+            filename = file_name(kind, split)
+            files[filename] = resolve_file(name, filename, data_dir=data_dir, download=False)
+    dirs = sorted({str(p.parent.resolve()) for p in files.values()})
+    return {"dataset": name, "dir": dirs[0] if len(dirs) == 1 else dirs,
+            "sha256": {f: FILES[(name, f)].sha256 for f in files}}

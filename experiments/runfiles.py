@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = ["atomic_open", "atomic_write_bytes", "write_json", "read_json",
            "save_checkpoint", "load_checkpoint", "MetricsLog", "read_metrics", "truncate_metrics",
-           "summarize_calls", "progress", "Progress"]
+           "summarize_calls", "progress", "Progress", "RunClock", "format_seconds"]
 
 CHECKPOINT_FORMAT = "sparsemarg-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -271,38 +271,109 @@ def _format_postfix(values):
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
-class Progress:
-    """Iterate with a tqdm bar on a terminal, and log one summary line when done.
+def format_seconds(seconds):
+    """``"1:02:03"`` (h:mm:ss) or ``"2:03"`` (m:ss)."""
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
-    Use :meth:`set_postfix` for the running loss / decoder calls.  When the
-    stream is not a TTY (or tqdm is missing) there is no bar, only the line.
+
+class RunClock:
+    """The whole run's ETA: the training steps left at the measured seconds per step, plus
+    the evaluation passes left at their measured mean time, plus the test phase, costed as
+    ``test_cost`` evaluation passes (an estimate the experiment may refine).
+
+    :class:`Progress` feeds it the training steps (``steps=True``); the experiment calls
+    :meth:`add_eval` after each evaluation pass (the test phase shows its own progress).
+    No array is touched: it costs no host sync.
     """
 
-    def __init__(self, iterable, total=None, desc="", file=None):
-        self.iterable, self.total, self.desc = iterable, total, desc
+    def __init__(self, total_steps, steps_done=0, evals_left=0, test_cost=0.0):
+        self.steps_left, self.evals_left, self.test_cost = total_steps - steps_done, evals_left, test_cost
+        self.step_seconds = self.eval_seconds = 0.0
+        self.steps = self.evals = 0
+        self.test_started = None
+
+    def add_step(self, seconds):
+        """One training step took ``seconds``."""
+        self.steps, self.step_seconds = self.steps + 1, self.step_seconds + seconds
+        self.steps_left = max(0, self.steps_left - 1)
+
+    def add_eval(self, seconds):
+        """One evaluation pass (validation) took ``seconds``."""
+        self.evals, self.eval_seconds = self.evals + 1, self.eval_seconds + seconds
+        self.evals_left = max(0, self.evals_left - 1)
+
+    def eta(self):
+        """Seconds left in the run, or None before a step was timed."""
+        if not self.steps and self.steps_left:
+            return None
+        per_eval = self.eval_seconds / self.evals if self.evals else 0.0
+        per_step = self.step_seconds / self.steps if self.steps else 0.0
+        return self.steps_left * per_step + (self.evals_left + self.test_cost) * per_eval
+
+
+class Progress:
+    """Iterate with a tqdm bar on a terminal; off a terminal (or without tqdm), one
+    flushed line every ``log_every`` items; always one summary line when done.
+
+    Use :meth:`set_postfix` for the running loss / decoder calls (only at points that
+    already synced).  With a :class:`RunClock` (``clock``), each item is timed as a
+    training step (``steps=True``) and the lines and the bar show the whole run's ETA.
+    """
+
+    def __init__(self, iterable, total=None, desc="", file=None, log_every=50, clock=None,
+                 unit="steps"):
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.file = file if file is not None else sys.stderr
+        self.log_every, self.clock = max(1, int(log_every)), clock
         self.postfix, self.count, self._bar = {}, 0, None
         if getattr(self.file, "isatty", lambda: False)():
             with contextlib.suppress(ImportError):
                 from tqdm import tqdm  # noqa: PLC0415
                 self._bar = tqdm(total=total, desc=desc, file=self.file, leave=False)
 
+    def _run_eta(self):
+        eta = self.clock.eta() if self.clock is not None else None
+        return None if eta is None else format_seconds(eta)
+
     def set_postfix(self, **values):
-        """Show ``values`` (e.g. ``loss=..., calls=...``) on the bar and in the summary line."""
+        """Show ``values`` (e.g. ``loss=..., calls=...``) on the bar and in the lines."""
         self.postfix.update(values)
         if self._bar is not None:
-            self._bar.set_postfix_str(_format_postfix(self.postfix), refresh=False)
+            eta = self._run_eta()
+            text = _format_postfix(self.postfix) + (f", run ETA {eta}" if eta else "")
+            self._bar.set_postfix_str(text, refresh=False)
 
     def __iter__(self):
-        start = time.perf_counter()
+        start = last = time.perf_counter()
         try:
             for item in self.iterable:
                 yield item
                 self.count += 1
+                now = time.perf_counter()
+                if self.clock is not None and self.unit == "steps":
+                    self.clock.add_step(now - last)
+                last = now
                 if self._bar is not None:
                     self._bar.update(1)
+                elif self.count % self.log_every == 0 and self.count != self.total:
+                    self._line(now - start)
         finally:
             self._finish(time.perf_counter() - start)
+
+    def _line(self, seconds):
+        """Off a terminal: ``desc: 50/860 steps, 12.3s, ETA 3:10, run ETA 1:02:03, loss=...``."""
+        parts = [f"{self.desc}: {self.count}" + (f"/{self.total}" if self.total else "")
+                 + f" {self.unit}, {seconds:.1f}s"]
+        if self.total:
+            parts.append(f"ETA {format_seconds(seconds / self.count * (self.total - self.count))}")
+        eta = self._run_eta()
+        if eta:
+            parts.append(f"run ETA {eta}")
+        if self.postfix:
+            parts.append(_format_postfix(self.postfix))
+        print(", ".join(parts), file=self.file, flush=True)
 
     def _finish(self, seconds):
         """Close the bar and print the one-line summary."""
@@ -310,10 +381,12 @@ class Progress:
             self._bar.close()
         total = f"/{self.total}" if self.total is not None else ""
         extra = f", {_format_postfix(self.postfix)}" if self.postfix else ""
-        print(f"{self.desc}: {self.count}{total} steps in {seconds:.1f}s{extra}", file=self.file,
+        print(f"{self.desc}: {self.count}{total} {self.unit} in {seconds:.1f}s{extra}", file=self.file,
               flush=True)
 
 
-def progress(iterable, total=None, desc="", file=None):
-    """A :class:`Progress` over ``iterable`` (tqdm bar on a TTY, one line per loop always)."""
-    return Progress(iterable, total=total, desc=desc, file=file)
+def progress(iterable, total=None, desc="", file=None, log_every=50, clock=None, unit="steps"):
+    """A :class:`Progress` over ``iterable`` (tqdm bar on a TTY, else a line every
+    ``log_every`` items; one summary line per loop always)."""
+    return Progress(iterable, total=total, desc=desc, file=file, log_every=log_every, clock=clock,
+                    unit=unit)

@@ -66,6 +66,7 @@ with the best validation success and the last one play the 9,984 test games (see
 Data: ``--features FILE.npz`` or, by default, the seeded synthetic stand-in of
 :mod:`experiments.signal_data` (docs/signal_game_data.md).
 """
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -154,7 +155,7 @@ def _sampled_success(game, method, logits, cands, t, rng):
     return (scores.data.argmax(axis=1) == t).astype(logits.dtype)
 
 
-def evaluate(game, method, x, images, target, chunk=512, rng=None):
+def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc=None):
     """Success, NLL and receiver calls on fixed games (module docstring), under no_grad.
 
     Returns ``dict(acc, acc_argmax, success_argmax, success_sampled, loss, calls_mean)``:
@@ -163,6 +164,7 @@ def evaluate(game, method, x, images, target, chunk=512, rng=None):
     for every method; ``success_sampled`` the expected success again for dense/sparsemax and,
     for the sampling methods, that of one message sampled per game from ``rng`` (numpy
     Generator; default ``default_rng(0)``) as in :func:`_sampled_success`.
+    ``progress_desc``: show the chunks' progress under that name.
     """
     from refimpl import sparsemax as _sparsemax  # noqa: PLC0415
     xp, dtype = game.messages.xp, game.messages.dtype
@@ -170,7 +172,11 @@ def evaluate(game, method, x, images, target, chunk=512, rng=None):
     tot = {"acc": 0.0, "acc_argmax": 0.0, "sampled": 0.0, "loss": 0.0, "calls": 0.0}
     rows = game.receiver_rows
     with no_grad():
-        for lo in range(0, len(target), chunk):
+        starts = range(0, len(target), chunk)
+        if progress_desc is not None:
+            starts = common.progress(starts, total=len(starts), desc=progress_desc,
+                                     log_every=max(1, len(starts) // 10), unit="batches")
+        for lo in starts:
             im, t = xp.asarray(images[lo:lo + chunk]), xp.asarray(target[lo:lo + chunk])
             b = int(t.shape[0])
             cands = game.candidates(x[im])
@@ -218,6 +224,16 @@ def load_features(args, parser):
         common.cli_error(parser, str(exc))
 
 
+def data_source(args):
+    """``config.json``'s record of the features: the ``--features`` file and its SHA-256,
+    or the synthetic stand-in's seed."""
+    if not args.features:
+        return {"dataset": "synthetic", "data_seed": args.data_seed}
+    path = Path(args.features).resolve()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"dataset": "features", "dir": str(path.parent), "sha256": {path.name: digest}}
+
+
 def _config(args, lr, coeff, data):
     keys = ("method", "seed", "steps", "steps_per_epoch", "batch_size", "game_size", "vocab",
             "hidden", "embedding", "activation", "sender_temperature", "features", "data_seed",
@@ -233,10 +249,17 @@ def _config(args, lr, coeff, data):
 
 
 def train(args, parser=None, log=sys.stderr):
-    """Run the experiment of parsed ``args``; returns the test record."""
+    """Run the experiment of parsed ``args``; returns the test record.  ``--out`` is
+    locked meanwhile (:func:`experiments.common.run_directory`)."""
     xp = common.select_backend(args.backend, parser)
+    with common.run_directory(args.out, parser, resume=args.resume,
+                              overwrite=getattr(args, "overwrite", False)) as out:
+        return _train(args, parser, log, xp, out)
+
+
+def _train(args, parser, log, xp, out):
+    """:func:`train` with ``out`` locked."""
     dtype = np.dtype(args.dtype)
-    out = common.prepare_out_dir(args.out, parser)
     lr_default, coeff_default = PAPER_SETTINGS[args.method]
     lr = args.lr if args.lr is not None else lr_default
     coeff = args.entropy_coeff if args.entropy_coeff is not None else coeff_default
@@ -270,15 +293,20 @@ def train(args, parser=None, log=sys.stderr):
         est.load_state_dict(ck["estimator"])
         rng.bit_generator.state = ck["rng"]
         step, best = int(ck["step"]), ck["best"]
-    common.write_json(out / "config.json", config)
+    common.write_json(out / "config.json", {**config, "data": data_source(args)})
     spe = args.steps_per_epoch
+    # The test phase: two passes (last and best model) over the test games, in validation passes.
+    clock = common.RunClock(args.steps, step, -(-(args.steps - step) // spe),
+                            test_cost=2 * args.test_games / args.val_games)
     with common.MetricsLog(out / "metrics.jsonl", keep_epochs=step // spe) as metrics:
         while step < args.steps:
             t0 = time.perf_counter()
             n = min(spe, args.steps - step)
-            record = _train_steps(game, opt, est, args, x, data, rng, coeff, n, step)
+            record = _train_steps(game, opt, est, args, x, data, rng, coeff, n, step, clock)
             step += n
+            eval_start = time.perf_counter()
             ev = evaluate(game, args.method, x, *val, rng=np.random.default_rng([args.seed, 1]))
+            clock.add_eval(time.perf_counter() - eval_start)
             record = {"epoch": -(-step // spe), "step": step, **record,
                       **{f"val_{k}": v for k, v in ev.items()}, "seconds": time.perf_counter() - t0}
             metrics.log(record)
@@ -288,7 +316,8 @@ def train(args, parser=None, log=sys.stderr):
             common.save_checkpoint(out / "checkpoint.npz", {
                 "step": step, "model": game.state_dict(), "optimizer": opt.state_dict(),
                 "estimator": est.state_dict(), "rng": rng.bit_generator.state, "best": best})
-            print(f"step {step}: val_acc={record['val_acc']:.4f} calls={record['calls_mean']:.2f}",
+            print(f"step {step}: val_acc={record['val_acc']:.4f} calls={record['calls_mean']:.2f} "
+                  f"run ETA {common.format_seconds(clock.eta() or 0.0)}",
                   file=log, flush=True)
     result = _test(game, args, x, test, out, best)
     common.write_json(out / "test.json", result)
@@ -296,10 +325,10 @@ def train(args, parser=None, log=sys.stderr):
     return result
 
 
-def _train_steps(game, opt, est, args, x, data, rng, coeff, n, step0):
+def _train_steps(game, opt, est, args, x, data, rng, coeff, n, step0, clock=None):
     """``n`` optimisation steps; returns the epoch's training metrics."""
     losses, ents, calls = [], [], []
-    bar = common.progress(range(n), total=n, desc=f"steps {step0 + 1}-{step0 + n}")
+    bar = common.progress(range(n), total=n, desc=f"steps {step0 + 1}-{step0 + n}", clock=clock)
     for _ in bar:
         images, target = sd.sample_games(data, args.batch_size, args.game_size, rng)
         opt.zero_grad()
@@ -316,14 +345,15 @@ def _train_steps(game, opt, est, args, x, data, rng, coeff, n, step0):
 
 def _test(game, args, x, test, out, best):
     """Test games with the last model and the best-validation one (``test.json``)."""
-    last = evaluate(game, args.method, x, *test, rng=np.random.default_rng([args.seed, 2]))
+    last = evaluate(game, args.method, x, *test, rng=np.random.default_rng([args.seed, 2]),
+                    progress_desc="test (last model)")
     result = {"last_step": int(args.steps), **{f"last_test_{k}": v for k, v in last.items()}}
     if (out / "best.npz").exists():
         game.load_state_dict(common.load_checkpoint(out / "best.npz")["model"])
         result.update(best_step=int(best["step"]), best_val_acc=best["val_acc"],
                       **{f"test_{k}": v for k, v in evaluate(
-                          game, args.method, x, *test,
-                          rng=np.random.default_rng([args.seed, 2])).items()})
+                          game, args.method, x, *test, rng=np.random.default_rng([args.seed, 2]),
+                          progress_desc="test (best model)").items()})
     result["random_guess"] = 1.0 / args.game_size
     return result
 

@@ -154,6 +154,11 @@ def _device_batch(pixels, rng, xp, dtype):
     return xp.asarray(binarize(pixels, rng).astype(dtype))
 
 
+def epoch_steps(data, args, labelled_only):
+    """Optimisation steps in one epoch (one batch of the labelled or unlabelled images each)."""
+    return -(-len(data["lab_x" if labelled_only else "unlab_x"]) // args.batch_size)
+
+
 def train_epoch(state, data, args, xp, dtype, labelled_only=None):
     """One epoch; returns the training metrics (means over the epoch).  ``labelled_only``
     (default ``args.labeled_only``): one pass over the labelled set, labelled loss only."""
@@ -166,7 +171,8 @@ def train_epoch(state, data, args, xp, dtype, labelled_only=None):
     sums = {"loss": 0.0, "elbo": 0.0, "acc": 0.0}
     calls, count = [], 0
     steps = range(0, n_main, args.batch_size)
-    bar = common.progress(steps, total=len(steps), desc=f"epoch {state['epoch'] + 1}")
+    bar = common.progress(steps, total=len(steps), desc=f"epoch {state['epoch'] + 1}",
+                          clock=state.get("clock"))
     for start in bar:
         pos = order[start:start + args.batch_size]
         lab_i = pos if labelled_only else pos % n_lab
@@ -287,10 +293,17 @@ def warm_start(model, path, parser):
 
 
 def train(args, parser=None, log=sys.stderr):
-    """Run the experiment described by parsed ``args``; returns the last metrics record."""
+    """Run the experiment described by parsed ``args``; returns the last metrics record.
+    ``--out`` is locked meanwhile (:func:`experiments.common.run_directory`)."""
     xp = common.select_backend(args.backend, parser)
+    with common.run_directory(args.out, parser, resume=args.resume,
+                              overwrite=getattr(args, "overwrite", False)) as out:
+        return _train(args, parser, log, xp, out)
+
+
+def _train(args, parser, log, xp, out):
+    """:func:`train` with ``out`` locked."""
     dtype = np.dtype(args.dtype)
-    out = common.prepare_out_dir(args.out, parser)
     lr = args.lr if args.lr is not None else PAPER_LR[args.method]
     config = _config(args, lr)
     if args.resume:
@@ -312,11 +325,17 @@ def train(args, parser=None, log=sys.stderr):
     best = {"val_elbo": None}
     if args.resume:
         best = load_state(out, state)
-    common.write_json(out / "config.json", config)
+    from experiments.data import data_source  # noqa: PLC0415
+    common.write_json(out / "config.json", {**config, "data": data_source("mnist",
+                                                                          data_dir=args.data_dir)})
     record = None
     seed_eval = args.split_seed + EVAL_SEED_OFFSET
     with common.MetricsLog(out / "metrics.jsonl", keep_epochs=state["epoch"]) as metrics:
         warm_epochs = 0 if args.labeled_only else args.warm_start_epochs
+        per_epoch = [epoch_steps(data, args, e < warm_epochs or args.labeled_only)
+                     for e in range(warm_epochs + args.epochs)]
+        state["clock"] = clock = common.RunClock(sum(per_epoch), sum(per_epoch[:state["epoch"]]),
+                                                 len(per_epoch) - state["epoch"])
         while state["epoch"] < warm_epochs + args.epochs:
             t0 = time.perf_counter()
             warm = state["epoch"] < warm_epochs
@@ -325,9 +344,11 @@ def train(args, parser=None, log=sys.stderr):
             state["epoch"] += 1
             if warm_epochs:
                 record["phase"] = "warm-start" if warm else "train"
+            eval_start = time.perf_counter()
             for split in ("val", "test"):
                 ev = evaluate(model, data[f"{split}_x"], data[f"{split}_y"], args.method, seed_eval)
                 record.update({f"{split}_{k}": v for k, v in ev.items()})
+            clock.add_eval(time.perf_counter() - eval_start)
             record = {"epoch": state["epoch"], **record, "seconds": time.perf_counter() - t0}
             metrics.log(record)
             if not warm and (best["val_elbo"] is None or record["val_elbo"] > best["val_elbo"]):
@@ -336,7 +357,8 @@ def train(args, parser=None, log=sys.stderr):
                                                           "model": model.state_dict()})
             save_state(out, state, best)
             print(f"epoch {state['epoch']}: val_acc={record['val_acc']:.4f} "
-                  f"val_elbo={record['val_elbo']:.2f} calls={record.get('calls_mean', 0):.2f}",
+                  f"val_elbo={record['val_elbo']:.2f} calls={record.get('calls_mean', 0):.2f} "
+                  f"run ETA {common.format_seconds(clock.eta() or 0.0)}",
                   file=log, flush=True)
     last = common.read_metrics(out / "metrics.jsonl")[-1]
     common.write_json(out / "test.json", {

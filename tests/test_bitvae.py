@@ -517,6 +517,57 @@ def test_corrupt_data_file_exits_2_with_one_line(capsys, tmp_path, data_dir):
     assert "t10k-images-idx3-ubyte.gz" in err[0] and "Traceback" not in err[0]
 
 
+def test_rerun_without_resume_exits_2_and_overwrite_replaces_the_run(capsys, tmp_path, data_dir):
+    """Also: the progress lines off a terminal (capsys is no TTY) and the data source."""
+    from experiments.data import FILES
+    argv = ["--epochs", "1", "--log-every", "1", "--out", str(tmp_path), "--data-dir",
+            str(data_dir), *SMOKE]
+    assert bitvae.main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("epoch 1/1: 1/2 steps, ") and ", run ETA " in line for line in err)
+    assert any(line.startswith("epoch 1: train ELBO") and ", run ETA " in line for line in err)
+    assert any(line.startswith("test (NLL, 4 samples): 1/1 batches in ") for line in err)
+    source = json.loads((tmp_path / "config.json").read_text())["data"]
+    name = "train-images-idx3-ubyte.gz"
+    assert source["dir"] == str((data_dir / "fashion-mnist").resolve())
+    assert source["sha256"][name] == FILES[("fashion-mnist", name)].sha256
+    first = (tmp_path / "test.json").read_bytes()
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / ".best.x1y2.npz.tmp").write_bytes(b"left by kill -9")
+    code, err = _exit_code_and_stderr(capsys, argv)
+    assert code == 2 and len(err) == 1 and "already holds a run" in err[0], err
+    assert (tmp_path / "test.json").read_bytes() == first
+    assert bitvae.main([*argv, "--overwrite", "--seed", "3"]) == 0
+    assert (tmp_path / "test.json").read_bytes() != first
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 3
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_bitvae_step_benchmark_refuses_missing_or_corrupt_data(capsys, tmp_path, data_dir,
+                                                              monkeypatch):
+    from benchmarks import bitvae_step
+    copy = tmp_path / "data" / "fashion-mnist"
+    copy.mkdir(parents=True)
+    raw = bytearray((data_dir / "fashion-mnist" / "train-images-idx3-ubyte.gz").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (copy / "train-images-idx3-ubyte.gz").write_bytes(bytes(raw))
+    places = [(tmp_path / "data", "wrong checksum")]
+    if not Path("/usr/share/datasets/fashion-mnist").exists():      # else found there
+        (tmp_path / "empty").mkdir()
+        places.append((tmp_path / "empty", "not found"))
+    monkeypatch.delenv("REFIMPL_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for where, message in places:
+        with pytest.raises(SystemExit) as info:
+            bitvae_step.main(["--quick", "--data-dir", str(where)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1 and message in err[0], err
+        assert "--synthetic" in err[0]
+    images, source = bitvae_step._images(8, tmp_path / "empty", synthetic=True)
+    assert images.shape == (8, 784) and images.dtype == np.uint8 and source == "random bytes"
+
+
 @pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
 def test_non_finite_loss_stops_with_status_1_and_keeps_the_checkpoint(capsys, tmp_path,
                                                                       data_dir, monkeypatch):

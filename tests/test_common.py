@@ -1,5 +1,6 @@
 """experiments.common (CLI, atomic files, checkpoints, metrics, progress) and experiments.plot."""
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -215,6 +216,107 @@ def test_prepare_out_dir(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a writable directory" in err
+
+
+# --------------------------------------------------------------------------- run directories
+
+_HOLD_LOCK = ("import sys, time; from experiments.rundir import lock_run_dir; "
+              "lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)")
+
+
+def _hold_lock(out):
+    """A separate process that holds the lock of ``out`` until killed."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(out)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def _exit_2(capsys, fn):
+    with pytest.raises(SystemExit) as exc:
+        fn()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    return err
+
+
+def test_run_directory_lock_is_exclusive_and_a_killed_holder_s_lock_is_taken_over(tmp_path,
+                                                                                    capsys):
+    holder = _hold_lock(tmp_path)
+    try:
+        err = _exit_2(capsys, lambda: common.run_directory(tmp_path, "exp").__enter__())
+        assert f"in use by another run (PID {holder.pid}," in err
+    finally:
+        holder.kill()                      # SIGKILL: the lock file stays, with the dead PID
+        holder.wait()
+    assert (tmp_path / ".lock").read_text() == f"{holder.pid}\n"
+    with common.run_directory(tmp_path, "exp") as out:
+        assert out == tmp_path and (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+    with common.run_directory(tmp_path, "exp"):         # released when the block ends
+        pass
+
+
+def test_stale_lock_file_of_a_dead_pid_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".lock").write_text(f"{dead.pid}\n")
+    with common.run_directory(tmp_path, "exp"):
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_a_directory_holding_a_run_needs_resume_or_overwrite(tmp_path, capsys):
+    run_files = ["config.json", "metrics.jsonl", "test.json", "best.npz", "last.npz", "elbo.png"]
+    for name in run_files + ["notes.txt", "other.png.bak"]:
+        (tmp_path / name).write_text("x")
+    err = _exit_2(capsys, lambda: common.run_directory(tmp_path, "exp").__enter__())
+    assert "already holds a run (config.json, metrics.jsonl" in err and "--overwrite" in err
+    assert all((tmp_path / n).exists() for n in run_files)      # nothing touched
+    with common.run_directory(tmp_path, "exp", resume=True):
+        assert all((tmp_path / n).exists() for n in run_files)
+    with common.run_directory(tmp_path, "exp", overwrite=True):
+        left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".lock", "notes.txt", "other.png.bak"]       # only the run's files went
+    err = _exit_2(capsys, lambda: common.run_directory(tmp_path, "exp", resume=True,
+                                                       overwrite=True).__enter__())
+    assert "--resume and --overwrite exclude each other" in err
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_stale_temporary_files_are_removed_at_start_and_resume(tmp_path, resume):
+    stale = [".best.k2j4x.npz.tmp", ".last.ab_c.npz.tmp", ".config.q1.json.tmp",
+             ".metrics.zz.jsonl.tmp", ".checkpoint.77.npz.tmp"]
+    keep = [".notes.x.txt.tmp", "data.tmp"]
+    for name in stale + keep:
+        (tmp_path / name).write_text("x")
+    with common.run_directory(tmp_path, "exp", resume=resume):
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".lock"] + keep)
+
+
+def test_progress_off_a_terminal_logs_every_n_steps_with_the_run_eta():
+    out = io.StringIO()
+    clock = common.RunClock(total_steps=10, evals_left=2, test_cost=3.0)
+    bar = common.progress(range(5), total=5, desc="epoch 1/2", file=out, log_every=2, clock=clock)
+    for i in bar:
+        bar.set_postfix(loss=float(i))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3                                  # steps 2 and 4, then the summary
+    assert lines[0].startswith("epoch 1/2: 2/5 steps, ") and ", ETA " in lines[0]
+    assert ", run ETA " in lines[0] and lines[0].endswith("loss=1")
+    assert lines[1].startswith("epoch 1/2: 4/5 steps, ") and lines[1].endswith("loss=3")
+    assert lines[2].startswith("epoch 1/2: 5/5 steps in ")
+    assert clock.steps == 5 and clock.steps_left == 5
+
+
+def test_run_clock_counts_training_evaluation_and_the_test_phase():
+    clock = common.RunClock(total_steps=100, steps_done=40, evals_left=3, test_cost=5.0)
+    assert clock.eta() is None                               # nothing timed yet
+    for _ in range(10):
+        clock.add_step(0.5)
+    clock.add_eval(2.0)
+    # 50 steps left at 0.5 s, 2 validations left and 5 validation passes of test at 2 s
+    assert clock.eta() == 50 * 0.5 + (2 + 5) * 2.0
+    assert common.format_seconds(3723) == "1:02:03" and common.format_seconds(65.4) == "1:05"
 
 
 def test_plot_cli_error_is_one_line_without_traceback(tmp_path):

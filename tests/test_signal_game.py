@@ -3,6 +3,7 @@ game, receiver calls, game sampling, synthetic and real features, smoke runs, re
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -294,3 +295,40 @@ def test_bad_cli_values_exit_2_with_one_line(argv, needle, tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+# --------------------------------------------------------------------------- run directories
+
+def _cli(out, *extra, steps=40):
+    return [sys.executable, "-m", "experiments.signal_game", "--method", "sparsemax", "--out",
+            str(out), "--steps", str(steps), "--steps-per-epoch", "2", *SMALL_DATA, *SMALL_NET,
+            *extra]
+
+
+def test_second_run_on_one_out_exits_2_and_a_killed_run_leaves_nothing_in_the_way(tmp_path):
+    """Two processes on one --out: the second exits 2 naming the first's PID; after kill -9
+    of the first, a rerun without --resume is refused, --resume continues, and the killed
+    run's temporary files are gone."""
+    out = tmp_path / "run"
+    first = subprocess.Popen(_cli(out, steps=10_000_000), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "checkpoint.npz").exists():          # locked and checkpointed
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        second = subprocess.run(_cli(out), cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+        assert f"in use by another run (PID {first.pid}," in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    (out / ".checkpoint.k1l2.npz.tmp").write_bytes(b"as left by kill -9 mid-write")
+    again = subprocess.run(_cli(out), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already holds a run" in again.stderr, again.stderr
+    resumed = subprocess.run(_cli(out, "--resume", steps=4), cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not list(out.glob(".*.tmp")) and (out / "test.json").is_file()
+    assert json.loads((out / "config.json").read_text())["data"] == {"dataset": "synthetic",
+                                                                   "data_seed": 0}

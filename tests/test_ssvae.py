@@ -169,6 +169,11 @@ def test_smoke_every_method_loss_decreases(method, tmp_path, data_dir, warm_dir)
         assert 1 <= rows[-1]["calls_mean"] <= 10
     test = json.loads((out / "test.json").read_text())
     assert test["best_epoch"] in (1, 2, 3) and "test_acc" in test
+    if method == "sparsemax":            # the data source: the four verified MNIST files
+        from experiments.data import FILES
+        source = json.loads((out / "config.json").read_text())["data"]
+        assert source["dir"] == str((data_dir / "mnist").resolve())
+        assert source["sha256"] == {f: i.sha256 for (d, f), i in FILES.items() if d == "mnist"}
 
 
 @pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
