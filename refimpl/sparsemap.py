@@ -4,9 +4,10 @@
 
 ``A`` has one column ``a_z ∈ {0,1}^D`` per structure; it is never built: the
 structure enters only through a maximization oracle ``z(t) = argmax_z <a_z, t>``
-(:mod:`refimpl.oracles`).  The marginals ``μ = A ξ*`` are unique; the
-active-set method returns a sparse ``ξ*`` whose vertices, once converged,
-span the minimal face of the marginal polytope that contains ``μ``.
+(:mod:`refimpl.oracles`).  The marginals ``μ = A ξ*`` are unique; ``ξ*`` is
+not, and the solver returns a sparse one.  For the cube and the budget
+polytope its support spans the minimal face of the marginal polytope that
+contains ``μ`` (``SparseMAPResult.spans_face`` says where).
 Derivation of the KKT system and of the backward pass: docs/derivations.md §4;
 the solver's state and its exact arithmetic: :mod:`refimpl._active_set`.
 """
@@ -25,14 +26,14 @@ from ._types import Array, ArrayFunction as Oracle
 __all__ = ["SparseMAPResult", "sparsemap", "sparsemap_vjp"]
 
 
-
 @dataclass(frozen=True)
 class SparseMAPResult:
     """Output of :func:`sparsemap`.
 
     vertices : (..., S, D) 0/1 active structures in ``t``'s dtype (padding rows 0).
     weights : (..., S) their probabilities ξ_S (> 0 on the support, 0 on padding).
-    marginals : (..., D) ``μ = Σ_s weights_s vertices_s``.
+    marginals : (..., D) ``μ = Σ_s weights_s vertices_s`` (for the cube and the
+        budget polytope the closed-form projection, equal to it up to rounding).
     n_iter : active-set iterations taken by the slowest example.
     spans_face : (...,) bool, True where the support's affine hull has the
         dimension of the minimal face of the marginal polytope containing
