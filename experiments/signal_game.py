@@ -237,7 +237,7 @@ def data_source(args):
 def _config(args, lr, coeff, data):
     keys = ("method", "seed", "steps", "steps_per_epoch", "batch_size", "game_size", "vocab",
             "hidden", "embedding", "activation", "sender_temperature", "features", "data_seed",
-            "n_concepts", "per_concept", "feature_dim", "variation", "val_games", "test_games",
+            "n_concepts", "per_concept", "feature_dim", "variation", "val_games", "max_test",
             "dtype", "backend", "sfe_plus_baseline")
     cfg = {k: getattr(args, k) for k in keys}
     cfg.update(lr=lr, entropy_coeff=coeff, experiment="signal_game", label=args.method,
@@ -248,9 +248,10 @@ def _config(args, lr, coeff, data):
     return cfg
 
 
-def train(args, parser=None, log=sys.stderr):
+def train(args, parser=None, log=None):
     """Run the experiment of parsed ``args``; returns the test record.  ``--out`` is
     locked meanwhile (:func:`experiments.common.run_directory`)."""
+    log = sys.stderr if log is None else log      # the stderr of the call, not of the import
     xp = common.select_backend(args.backend, parser)
     with common.run_directory(args.out, parser, resume=args.resume,
                               overwrite=getattr(args, "overwrite", False)) as out:
@@ -269,15 +270,15 @@ def _train(args, parser, log, xp, out):
                                  f"the features have {data.n_concepts}")
     config = _config(args, lr, coeff, data)
     if args.resume:
-        if not (out / "checkpoint.npz").exists():
-            common.cli_error(parser, f"--resume: no checkpoint.npz in {out}")
-        old = common.read_json(out / "config.json")
+        if common.resume_checkpoint(out) is None:
+            common.cli_error(parser, f"--resume: no checkpoint (last.npz) in {out}; run without --resume")
+        old = common.renamed_config(common.read_json(out / "config.json"))
         diff = sorted(k for k in config if k != "steps" and old.get(k) != config[k])
         if diff:
             common.cli_error(parser, f"--resume: options differ from the saved run in {diff}")
     x = xp.asarray(data.features.astype(dtype, copy=False))
     val = sd.fixed_games(data, args.val_games, args.game_size, sd.VALIDATION_SEED)
-    test = sd.fixed_games(data, args.test_games, args.game_size, sd.TEST_SEED)
+    test = sd.fixed_games(data, args.max_test, args.game_size, sd.TEST_SEED)
     rng = np.random.default_rng(args.seed)
     game = Game(rng, x.shape[1], xp=xp, dtype=dtype, hidden=args.hidden, vocab=args.vocab,
                 embedding=args.embedding, activation=args.activation,
@@ -287,7 +288,7 @@ def _train(args, parser, log, xp, out):
     est = make_estimator_for(args.method, args.sfe_plus_baseline)
     step, best = 0, {"val_acc": None}
     if args.resume:
-        ck = common.load_checkpoint(out / "checkpoint.npz")
+        ck = common.load_checkpoint(common.resume_checkpoint(out))
         game.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         est.load_state_dict(ck["estimator"])
@@ -297,7 +298,7 @@ def _train(args, parser, log, xp, out):
     spe = args.steps_per_epoch
     # The test phase: two passes (last and best model) over the test games, in validation passes.
     clock = common.RunClock(args.steps, step, -(-(args.steps - step) // spe),
-                            test_cost=2 * args.test_games / args.val_games)
+                            test_cost=2 * args.max_test / args.val_games)
     with common.MetricsLog(out / "metrics.jsonl", keep_epochs=step // spe) as metrics:
         while step < args.steps:
             t0 = time.perf_counter()
@@ -313,7 +314,7 @@ def _train(args, parser, log, xp, out):
             if best["val_acc"] is None or record["val_acc"] > best["val_acc"]:
                 best = {"val_acc": record["val_acc"], "step": step}
                 common.save_checkpoint(out / "best.npz", {"step": step, "model": game.state_dict()})
-            common.save_checkpoint(out / "checkpoint.npz", {
+            common.save_checkpoint(out / "last.npz", {
                 "step": step, "model": game.state_dict(), "optimizer": opt.state_dict(),
                 "estimator": est.state_dict(), "rng": rng.bit_generator.state, "best": best})
             print(f"step {step}: val_acc={record['val_acc']:.4f} calls={record['calls_mean']:.2f} "
@@ -322,6 +323,10 @@ def _train(args, parser, log, xp, out):
     result = _test(game, args, x, test, out, best)
     common.write_json(out / "test.json", result)
     plot_run_or_explain(out, log)
+    print(f"test: success {result.get('test_acc', float('nan')):.4f} (best step "
+          f"{result.get('best_step')}), last model {result['last_test_acc']:.4f}, calls "
+          f"{result['last_test_calls_mean']:.2f}, random guess {result['random_guess']:.4f}",
+          file=log, flush=True)
     return result
 
 
@@ -364,7 +369,9 @@ def build_parser():
     """The command-line parser (bad values exit 2 with one line)."""
     d = sd.SYNTHETIC_DEFAULTS
     p = common.make_parser("Signal game with 16 candidates (paper §5.2).", prog=PROG)
-    p.add_argument("--method", choices=METHODS, default="sparsemax")
+    p.add_argument("--method", choices=METHODS, default="sparsemax",
+                   help="how the sender's E_q[loss] is trained: sparse marginalisation (sparsemax) "
+                        "or sampling / relaxation (the others)")
     common.add_backend_arg(p)
     common.add_seed_arg(p)
     common.add_out_arg(p)
@@ -377,25 +384,32 @@ def build_parser():
     p.add_argument("--batch-size", type=common.positive_int, default=64, help="games per step")
     p.add_argument("--lr", type=common.positive_float, default=None,
                    help="Adam learning rate (default: the method's, docs/authors.md)")
-    p.add_argument("--entropy-coeff", type=float, default=None,
+    p.add_argument("--entropy-coeff", type=common.nonnegative_float, default=None,
                    help="sender entropy bonus (default: the method's, docs/authors.md)")
-    p.add_argument("--game-size", type=common.positive_int, default=16, help="candidates per game")
+    p.add_argument("--game-size", type=common.int_at_least(2), default=16,
+                   help="candidates per game (>= 2)")
     p.add_argument("--vocab", type=common.positive_int, default=256, help="sender vocabulary")
     p.add_argument("--hidden", type=common.positive_int, default=512, help="sender hidden size")
     p.add_argument("--embedding", type=common.positive_int, default=256, help="receiver embedding")
     p.add_argument("--activation", choices=("tanh", "relu"), default="tanh", help="sender nonlinearity")
     p.add_argument("--sender-temperature", type=common.positive_float, default=10.0,
                    help="sender logits are divided by this")
-    p.add_argument("--val-games", type=common.positive_int, default=1024)
-    p.add_argument("--test-games", type=common.positive_int, default=9984)
+    p.add_argument("--val-games", type=common.positive_int, default=1024,
+                   help="fixed validation games (drawn in order from the validation seed)")
+    common.add_argument_with_alias(p, "--max-test", "--test-games", metavar="N",
+                                   type=common.positive_int, default=9984,
+                                   help="fixed test games (the first N drawn from the test seed)")
     p.add_argument("--features", metavar="FILE.npz", default=None,
                    help="real features: arrays features (N, F) and concepts (N,)")
     p.add_argument("--data-seed", type=common.nonnegative_int, default=0,
                    help="seed of the synthetic features")
-    p.add_argument("--n-concepts", type=common.positive_int, default=d["n_concepts"])
-    p.add_argument("--per-concept", type=common.positive_int, default=d["per_concept"])
-    p.add_argument("--feature-dim", type=common.positive_int, default=d["dim"])
-    p.add_argument("--variation", type=float, default=d["variation"],
+    p.add_argument("--n-concepts", type=common.positive_int, default=d["n_concepts"],
+                   help="concepts of the synthetic features (ignored with --features)")
+    p.add_argument("--per-concept", type=common.positive_int, default=d["per_concept"],
+                   help="synthetic images per concept (ignored with --features)")
+    p.add_argument("--feature-dim", type=common.positive_int, default=d["dim"],
+                   help="dimension of the synthetic features (ignored with --features)")
+    p.add_argument("--variation", type=common.nonnegative_float, default=d["variation"],
                    help="within-concept variation scale of the synthetic features")
     return p
 
@@ -406,10 +420,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.out is None:
         common.cli_error(parser, "--out DIR is required")
-    if args.entropy_coeff is not None and not np.isfinite(args.entropy_coeff):
-        common.cli_error(parser, f"--entropy-coeff must be finite, got {args.entropy_coeff}")
-    if args.variation < 0 or not np.isfinite(args.variation):
-        common.cli_error(parser, f"--variation must be a finite number >= 0, got {args.variation}")
     if args.features and not Path(args.features).is_file():
         common.cli_error(parser, f"--features {args.features}: no such file")
     train(args, parser)

@@ -30,7 +30,7 @@ generative nets: one decoder call per pair, so ``decoder calls`` = support size 
 Data (see :func:`make_split`)
 -----------------------------
 (``--max-train N`` keeps the first N images of the 50,000-image training pool, 10% of them
-labelled; ``--max-eval N`` the first N validation and test images; ``--batch-size`` is per
+labelled; ``--max-test N`` the first N validation and test images; ``--batch-size`` is per
 part: B labelled + B unlabelled images per step.)
 
 The 60,000 MNIST training images are permuted with ``--split-seed`` (default 0, the same
@@ -67,8 +67,8 @@ import numpy as np
 
 from experiments import common
 from experiments.plot import plot_run_or_explain
-from experiments.ssvae_model import (SSVAE, binarize, load_data, make_split, onehot,
-                                     sparsemax_loss)
+from experiments.ssvae_model import (N_VALIDATION, SSVAE, binarize, load_data, make_split,
+                                     onehot, sparsemax_loss)
 from nets import Adam, Tensor, no_grad, ops
 from refimpl.backend import to_numpy
 
@@ -82,6 +82,7 @@ PAPER_LR = {"sparsemax": 5e-4, "dense": 1e-3, "gumbel": 1e-3, "st-gumbel": 1e-3,
 WEIGHT_DECAY = 1e-5
 EVAL_SEED_OFFSET = 1_000_003    # eval noise: default_rng(split_seed + this), never the train rng
 PROG = "python -m experiments.ssvae"
+N_TRAIN_POOL = 60_000 - N_VALIDATION   # MNIST training images left after the validation split
 
 
 # =========================================================================== training
@@ -247,7 +248,7 @@ def evaluate(model, x, y, method, seed, batch_size=1000):
 def _config(args, lr):
     """The JSON-able run configuration (config.json, checked on --resume)."""
     keys = ("method", "labeled_only", "warm_start", "warm_start_epochs", "seed", "split_seed",
-            "epochs", "batch_size", "max_train", "max_eval", "dtype", "backend", "temperature",
+            "epochs", "batch_size", "max_train", "max_test", "dtype", "backend", "temperature",
             "sfe_plus_baseline")
     cfg = {k: getattr(args, k) for k in keys}
     cfg.update(lr=lr, weight_decay=WEIGHT_DECAY, experiment="ssvae",
@@ -256,9 +257,9 @@ def _config(args, lr):
 
 
 def save_state(out, state, best):
-    """Atomic ``checkpoint.npz`` (everything to resume)."""
+    """Atomic ``last.npz`` (everything to resume)."""
     est = state["estimator"]
-    common.save_checkpoint(out / "checkpoint.npz", {
+    common.save_checkpoint(out / "last.npz", {
         "epoch": state["epoch"], "model": state["model"].state_dict(),
         "optimizer": state["opt"].state_dict(),
         "estimator": est.state_dict() if est is not None else {},
@@ -266,8 +267,9 @@ def save_state(out, state, best):
 
 
 def load_state(out, state):
-    """Restore ``state`` from ``out/checkpoint.npz``; returns the saved ``best`` record."""
-    ck = common.load_checkpoint(out / "checkpoint.npz")
+    """Restore ``state`` from ``out/last.npz`` (or a ``checkpoint.npz`` of an older run);
+    returns the saved ``best`` record."""
+    ck = common.load_checkpoint(common.resume_checkpoint(out))
     state["model"].load_state_dict(ck["model"])
     state["opt"].load_state_dict(ck["optimizer"])
     if state["estimator"] is not None:
@@ -280,7 +282,8 @@ def load_state(out, state):
 def warm_start(model, path, parser):
     """Load model weights from a ``--labeled-only`` run (its ``best.npz``, a checkpoint file)."""
     path = Path(path)
-    candidates = [path] if path.is_file() else [path / "best.npz", path / "checkpoint.npz"]
+    candidates = [path] if path.is_file() else [path / "best.npz", path / "last.npz",
+                                                       path / "checkpoint.npz"]
     for p in candidates:
         if p.is_file():
             try:
@@ -288,13 +291,14 @@ def warm_start(model, path, parser):
             except (KeyError, ValueError) as exc:
                 common.cli_error(parser, f"--warm-start {p}: {exc}")
             return p
-    common.cli_error(parser, f"--warm-start {path}: no best.npz or checkpoint.npz there "
+    common.cli_error(parser, f"--warm-start {path}: no best.npz or last.npz there "
                              "(run with --labeled-only first)")
 
 
-def train(args, parser=None, log=sys.stderr):
+def train(args, parser=None, log=None):
     """Run the experiment described by parsed ``args``; returns the last metrics record.
     ``--out`` is locked meanwhile (:func:`experiments.common.run_directory`)."""
+    log = sys.stderr if log is None else log      # the stderr of the call, not of the import
     xp = common.select_backend(args.backend, parser)
     with common.run_directory(args.out, parser, resume=args.resume,
                               overwrite=getattr(args, "overwrite", False)) as out:
@@ -307,9 +311,9 @@ def _train(args, parser, log, xp, out):
     lr = args.lr if args.lr is not None else PAPER_LR[args.method]
     config = _config(args, lr)
     if args.resume:
-        if not (out / "checkpoint.npz").exists():
-            common.cli_error(parser, f"--resume: no checkpoint.npz in {out}")
-        old = common.read_json(out / "config.json")
+        if common.resume_checkpoint(out) is None:
+            common.cli_error(parser, f"--resume: no checkpoint (last.npz) in {out}; run without --resume")
+        old = common.renamed_config(common.read_json(out / "config.json"))
         diff = {k for k in config if k != "epochs" and old.get(k) != config[k]}
         if diff:
             common.cli_error(parser, f"--resume: options differ from the saved run in {sorted(diff)}")
@@ -366,6 +370,9 @@ def _train(args, parser, log, xp, out):
         "last_epoch": last["epoch"],
         "last": {k: v for k, v in last.items() if k.startswith(("test_", "calls_"))}})
     plot_run_or_explain(out, log)
+    print(f"test: accuracy {best.get('test_acc', float('nan')):.4f}, ELBO "
+          f"{best.get('test_elbo', float('nan')):.2f} (best epoch {best['epoch']}), calls "
+          f"{best.get('test_calls_mean', float('nan')):.2f}", file=log, flush=True)
     return last
 
 
@@ -387,8 +394,10 @@ def build_parser():
                         "cross-entropy), then --epochs full epochs; the authors used 100, the "
                         "paper states none (0)")
     common.add_sfe_plus_baseline_arg(p)
-    p.add_argument("--max-eval", metavar="N", type=common.positive_int, default=None,
-                   help="evaluate on the first N validation and N test images only")
+    common.add_argument_with_alias(p, "--max-test", "--max-eval", metavar="N",
+                                   type=common.positive_int, default=None,
+                                   help="evaluate on the first N validation and N test images only "
+                                        "(at most 10000)")
     p.add_argument("--split-seed", type=common.nonnegative_int, default=0,
                    help="seed of the validation/labelled/unlabelled split (same for all runs)")
     p.add_argument("--temperature", type=common.positive_float, default=1.0,
@@ -407,6 +416,12 @@ def main(argv=None):
                                  "(--labeled-only is itself a warm start: set its --epochs)")
     if args.out is None:
         common.cli_error(parser, "--out DIR is required")
+    if args.max_train is not None and args.max_train > N_TRAIN_POOL:
+        common.cli_error(parser, f"--max-train {args.max_train} exceeds the {N_TRAIN_POOL} training "
+                                 "images left after the validation split")
+    if args.max_test is not None and args.max_test > N_VALIDATION:
+        common.cli_error(parser, f"--max-test {args.max_test} exceeds the {N_VALIDATION} validation "
+                                 "and test images")
     train(args, parser)
     return 0
 

@@ -21,7 +21,7 @@ from _params import assign, flat
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_DATA = ["--n-concepts", "24", "--per-concept", "6", "--feature-dim", "48"]
 SMALL_NET = ["--vocab", "16", "--hidden", "24", "--embedding", "12", "--game-size", "4",
-             "--batch-size", "32", "--val-games", "64", "--test-games", "96"]
+             "--batch-size", "32", "--val-games", "64", "--max-test", "96"]
 
 
 # --------------------------------------------------------------------------- ops
@@ -271,10 +271,25 @@ def test_resume_equals_uninterrupted(method, tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(common.read_metrics(full / "metrics.jsonl")) == \
         strip(common.read_metrics(part / "metrics.jsonl"))
-    a, b = (common.load_checkpoint(d / "checkpoint.npz") for d in (full, part))
+    a, b = (common.load_checkpoint(d / "last.npz") for d in (full, part))
     for k in a["model"]:
         np.testing.assert_array_equal(a["model"][k], b["model"][k])
     assert a["estimator"] == b["estimator"] and a["rng"] == b["rng"]
+    assert json.loads((full / "test.json").read_text()) == json.loads((part / "test.json").read_text())
+
+
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
+def test_resume_from_a_run_written_before_the_rename(tmp_path, capsys):
+    # checkpoint.npz (now last.npz) and config.json's test_games (now max_test) still resume
+    full = _run(tmp_path, "sparsemax", name="full", steps=40)
+    part = _run(tmp_path, "sparsemax", name="part", steps=20)
+    (part / "last.npz").rename(part / "checkpoint.npz")
+    cfg = json.loads((part / "config.json").read_text())
+    cfg["test_games"] = cfg.pop("max_test")
+    (part / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    _run(tmp_path, "sparsemax", "--resume", name="part", steps=40)
+    assert any(line.startswith("test: success ") for line in capsys.readouterr().err.splitlines())
     assert json.loads((full / "test.json").read_text()) == json.loads((part / "test.json").read_text())
 
 
@@ -314,7 +329,7 @@ def test_second_run_on_one_out_exits_2_and_a_killed_run_leaves_nothing_in_the_wa
                              stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not (out / "checkpoint.npz").exists():          # locked and checkpointed
+        while not (out / "last.npz").exists():          # locked and checkpointed
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         second = subprocess.run(_cli(out), cwd=ROOT, capture_output=True, text=True, timeout=60)
