@@ -306,7 +306,8 @@ def _train(args, parser, log, xp, out):
             record = _train_steps(game, opt, est, args, x, data, rng, coeff, n, step, clock)
             step += n
             eval_start = time.perf_counter()
-            ev = evaluate(game, args.method, x, *val, rng=np.random.default_rng([args.seed, 1]))
+            ev = evaluate(game, args.method, x, *val, chunk=args.eval_batch_size,
+                          rng=np.random.default_rng([args.seed, 1]))
             clock.add_eval(time.perf_counter() - eval_start)
             record = {"epoch": -(-step // spe), "step": step, **record,
                       **{f"val_{k}": v for k, v in ev.items()}, "seconds": time.perf_counter() - t0}
@@ -333,7 +334,8 @@ def _train(args, parser, log, xp, out):
 def _train_steps(game, opt, est, args, x, data, rng, coeff, n, step0, clock=None):
     """``n`` optimisation steps; returns the epoch's training metrics."""
     losses, ents, calls = [], [], []
-    bar = common.progress(range(n), total=n, desc=f"steps {step0 + 1}-{step0 + n}", clock=clock)
+    bar = common.progress(range(n), total=n, desc=f"steps {step0 + 1}-{step0 + n}", clock=clock,
+                          log_every=getattr(args, "log_every", 50))
     for _ in bar:
         images, target = sd.sample_games(data, args.batch_size, args.game_size, rng)
         opt.zero_grad()
@@ -350,14 +352,16 @@ def _train_steps(game, opt, est, args, x, data, rng, coeff, n, step0, clock=None
 
 def _test(game, args, x, test, out, best):
     """Test games with the last model and the best-validation one (``test.json``)."""
-    last = evaluate(game, args.method, x, *test, rng=np.random.default_rng([args.seed, 2]),
+    last = evaluate(game, args.method, x, *test, chunk=args.eval_batch_size,
+                    rng=np.random.default_rng([args.seed, 2]),
                     progress_desc="test (last model)")
     result = {"last_step": int(args.steps), **{f"last_test_{k}": v for k, v in last.items()}}
     if (out / "best.npz").exists():
         game.load_state_dict(common.load_checkpoint(out / "best.npz")["model"])
         result.update(best_step=int(best["step"]), best_val_acc=best["val_acc"],
                       **{f"test_{k}": v for k, v in evaluate(
-                          game, args.method, x, *test, rng=np.random.default_rng([args.seed, 2]),
+                          game, args.method, x, *test, chunk=args.eval_batch_size,
+                          rng=np.random.default_rng([args.seed, 2]),
                           progress_desc="test (best model)").items()})
     result["random_guess"] = 1.0 / args.game_size
     return result
@@ -394,6 +398,10 @@ def build_parser():
     p.add_argument("--activation", choices=("tanh", "relu"), default="tanh", help="sender nonlinearity")
     p.add_argument("--sender-temperature", type=common.positive_float, default=10.0,
                    help="sender logits are divided by this")
+    p.add_argument("--eval-batch-size", metavar="N", type=common.positive_int, default=512,
+                   help="games per batch for validation and test")
+    p.add_argument("--log-every", metavar="N", type=common.positive_int, default=50,
+                   help="steps between progress lines when stderr is not a terminal")
     p.add_argument("--val-games", type=common.positive_int, default=1024,
                    help="fixed validation games (drawn in order from the validation seed)")
     common.add_argument_with_alias(p, "--max-test", "--test-games", metavar="N",

@@ -173,7 +173,7 @@ def train_epoch(state, data, args, xp, dtype, labelled_only=None):
     calls, count = [], 0
     steps = range(0, n_main, args.batch_size)
     bar = common.progress(steps, total=len(steps), desc=f"epoch {state['epoch'] + 1}",
-                          clock=state.get("clock"))
+                          clock=state.get("clock"), log_every=getattr(args, "log_every", 50))
     for start in bar:
         pos = order[start:start + args.batch_size]
         lab_i = pos if labelled_only else pos % n_lab
@@ -350,7 +350,8 @@ def _train(args, parser, log, xp, out):
                 record["phase"] = "warm-start" if warm else "train"
             eval_start = time.perf_counter()
             for split in ("val", "test"):
-                ev = evaluate(model, data[f"{split}_x"], data[f"{split}_y"], args.method, seed_eval)
+                ev = evaluate(model, data[f"{split}_x"], data[f"{split}_y"], args.method, seed_eval,
+                              batch_size=args.eval_batch_size)
                 record.update({f"{split}_{k}": v for k, v in ev.items()})
             clock.add_eval(time.perf_counter() - eval_start)
             record = {"epoch": state["epoch"], **record, "seconds": time.perf_counter() - t0}
@@ -398,6 +399,10 @@ def build_parser():
                                    type=common.positive_int, default=None,
                                    help="evaluate on the first N validation and N test images only "
                                         "(at most 10000)")
+    p.add_argument("--eval-batch-size", metavar="N", type=common.positive_int, default=1000,
+                   help="images per batch for validation and test (results do not depend on it)")
+    p.add_argument("--log-every", metavar="N", type=common.positive_int, default=50,
+                   help="steps between progress lines when stderr is not a terminal")
     p.add_argument("--split-seed", type=common.nonnegative_int, default=0,
                    help="seed of the validation/labelled/unlabelled split (same for all runs)")
     p.add_argument("--temperature", type=common.positive_float, default=1.0,

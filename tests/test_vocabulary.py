@@ -10,11 +10,11 @@ import pytest
 EXPERIMENTS = ("bitvae", "ssvae", "signal_game")
 # Shared by all three (the same name for the same thing).
 SHARED = {"--seed", "--out", "--resume", "--overwrite", "--backend", "--batch-size", "--lr",
-          "--max-test", "--dtype", "--sfe-plus-baseline", "--method"}
+          "--max-test", "--eval-batch-size", "--log-every", "--dtype", "--sfe-plus-baseline",
+          "--method"}
 # Shared where the experiment has the thing (signal_game: synthetic or --features data,
 # games sampled afresh each step, so no --data-dir / --max-train; one name each for epochs/steps).
-WHERE_IT_APPLIES = {"bitvae": {"--data-dir", "--max-train", "--eval-batch-size", "--log-every",
-                               "--epochs"},
+WHERE_IT_APPLIES = {"bitvae": {"--data-dir", "--max-train", "--epochs"},
                     "ssvae": {"--data-dir", "--max-train", "--epochs"},
                     "signal_game": {"--steps", "--steps-per-epoch"}}
 DEPRECATED = {"ssvae": ("--max-eval", "--max-test"), "signal_game": ("--test-games", "--max-test")}
