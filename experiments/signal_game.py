@@ -59,7 +59,7 @@ Communication success = the receiver's argmax is the target.  Two columns for ev
 (the authors' ``batches_per_epoch``); after each, the 1,024 validation games (seed
 20200724) are scored -> ``metrics.jsonl`` (``val_acc`` = ``val_success_argmax``,
 ``val_success_sampled``, ``val_loss``,
-``val_calls_mean``, training ``calls_*``, ``train_loss``, ``entropy``).  At the end the model
+``val_calls_*`` (mean, median, p10/25/75/90 per game), training ``calls_*``, ``train_loss``, ``entropy``).  At the end the model
 with the best validation success and the last one play the 9,984 test games (seed
 20200725) -> ``test.json``.  Random guessing succeeds 1/16 = 6.25%.
 
@@ -158,7 +158,7 @@ def _sampled_success(game, method, logits, cands, t, rng):
 def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc=None):
     """Success, NLL and receiver calls on fixed games (module docstring), under no_grad.
 
-    Returns ``dict(acc, acc_argmax, success_argmax, success_sampled, loss, calls_mean)``:
+    Returns ``dict(acc, acc_argmax, success_argmax, success_sampled, loss, calls_*)``:
     ``acc`` = ``success_argmax`` is the expected success over the sender's distribution for
     dense/sparsemax and the argmax message's otherwise; ``acc_argmax`` the argmax message's
     for every method; ``success_sampled`` the expected success again for dense/sparsemax and,
@@ -169,7 +169,8 @@ def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc
     from refimpl import sparsemax as _sparsemax  # noqa: PLC0415
     xp, dtype = game.messages.xp, game.messages.dtype
     rng = np.random.default_rng(0) if rng is None else rng
-    tot = {"acc": 0.0, "acc_argmax": 0.0, "sampled": 0.0, "loss": 0.0, "calls": 0.0}
+    tot = {"acc": 0.0, "acc_argmax": 0.0, "sampled": 0.0, "loss": 0.0}
+    calls = []                          # receiver calls per game (support size)
     rows = game.receiver_rows
     with no_grad():
         starts = range(0, len(target), chunk)
@@ -193,7 +194,7 @@ def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc
             w = p[idx, m]
             tot["acc"] += float((w * correct).sum())
             tot["loss"] += float((w * nll).sum())
-            tot["calls"] += float(idx.shape[0])
+            calls.append(to_numpy(xp.bincount(idx, minlength=b)))
             top = logits.argmax(axis=1)
             at_top = m == top[idx]
             if method in MARGINALISED and not bool(xp.all(xp.bincount(idx[at_top], minlength=b) == 1)):
@@ -207,7 +208,7 @@ def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc
     sampled = tot["acc"] if method in MARGINALISED else tot["sampled"]
     return {"acc": tot["acc"] / n, "acc_argmax": tot["acc_argmax"] / n,
             "success_argmax": tot["acc"] / n, "success_sampled": sampled / n,
-            "loss": tot["loss"] / n, "calls_mean": tot["calls"] / n}
+            "loss": tot["loss"] / n, **common.summarize_calls(np.concatenate(calls), prefix="calls_")}
 
 
 # =========================================================================== run

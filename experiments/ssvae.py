@@ -52,8 +52,8 @@ reported value), ``train_acc`` (classifier on the unlabelled batches), ``calls_*
 ``val_acc``/``test_acc``, ``val_elbo``/``test_elbo`` (the ELBO under the method's own
 distribution, summed exactly over its support: softmax for dense and the MC methods,
 sparsemax for sparsemax; one fixed eps per image), ``*_loss_argmax`` (the authors' logged
-value: ``-log p(x|h,y) + KL`` at the classifier's argmax) and ``*_calls_mean`` (support
-size at evaluation); with ``--warm-start-epochs N`` the first N records have ``phase``
+value: ``-log p(x|h,y) + KL`` at the classifier's argmax) and ``*_calls_*`` (support
+size at evaluation: mean, median, p10/25/75/90, as the bit-VAE's); with ``--warm-start-epochs N`` the first N records have ``phase``
 "warm-start" (labelled loss only; not eligible as the best epoch) and the rest "train".
 ``test.json`` holds the test metrics of the epoch with the best validation ELBO, and those
 of the last epoch.
@@ -215,7 +215,8 @@ def evaluate(model, x, y, method, seed, batch_size=1000):
     xp, dtype = model.enc1.weight.xp, model.enc1.weight.dtype
     rng = np.random.default_rng(seed)
     noise_all = rng.standard_normal((len(x), model.n_classes, model.latent))
-    totals = {"acc": 0.0, "elbo": 0.0, "loss_argmax": 0.0, "calls": 0.0}
+    totals = {"acc": 0.0, "elbo": 0.0, "loss_argmax": 0.0}
+    calls = []                         # decoder calls per image (support size)
     rows = model.decoder_rows
     with no_grad():
         for start in range(0, len(x), batch_size):
@@ -236,11 +237,12 @@ def evaluate(model, x, y, method, seed, batch_size=1000):
             totals["acc"] += float((pred == yb).sum())
             totals["elbo"] += float((entropy - expected).sum())
             totals["loss_argmax"] += float(at_argmax.sum())
-            totals["calls"] += float(idx.shape[0])
+            calls.append(to_numpy(xp.bincount(idx, minlength=len(xb))))
     model.decoder_rows = rows          # evaluation is not training work
     n = len(x)
     return {"acc": totals["acc"] / n, "elbo": totals["elbo"] / n,
-            "loss_argmax": totals["loss_argmax"] / n, "calls_mean": totals["calls"] / n}
+            "loss_argmax": totals["loss_argmax"] / n,
+            **common.summarize_calls(np.concatenate(calls), prefix="calls_")}
 
 
 # =========================================================================== run state

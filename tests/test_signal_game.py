@@ -233,7 +233,11 @@ def test_smoke_every_method(method, tmp_path):
         assert test["test_success_sampled"] == test["test_success_argmax"]
     if method == "dense":
         assert rows[-1]["calls_mean"] == 16 and test["test_calls_mean"] == 16
-    elif method == "sparsemax":
+        # the bit-VAE's names for the calls' quantiles, on every game: all 16
+        assert all(test[f"test_calls_{q}"] == 16 for q in ("median", "p10", "p25", "p75", "p90"))
+    elif method == "sparsemax":   # quantiles of the per-game support sizes, in order
+        q = [test[f"test_calls_{k}"] for k in ("p10", "p25", "median", "p75", "p90")]
+        assert q == sorted(q) and 1 <= q[0] and q[-1] <= 16
         assert 1 <= rows[-1]["calls_mean"] <= 16
     else:
         assert rows[-1]["calls_mean"] == (2 if method == "sfe-plus" else 1)

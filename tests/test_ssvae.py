@@ -169,6 +169,8 @@ def test_smoke_every_method_loss_decreases(method, tmp_path, data_dir, warm_dir)
         assert 1 <= rows[-1]["calls_mean"] <= 10
     test = json.loads((out / "test.json").read_text())
     assert test["best_epoch"] in (1, 2, 3) and "test_acc" in test
+    q = [test[f"test_calls_{k}"] for k in ("p10", "p25", "median", "p75", "p90")]   # bit-VAE names
+    assert q == sorted(q) and 1 <= q[0] and q[-1] <= 10
     if method == "sparsemax":            # the data source: the four verified MNIST files
         from experiments.data import FILES
         source = json.loads((out / "config.json").read_text())["data"]
