@@ -44,7 +44,7 @@ Evaluation and metrics
 ----------------------
 Communication success = the receiver's argmax is the target.  Two columns for every method:
 
-* ``success_argmax`` (= ``acc``, the model-selection metric): for the marginalised methods
+* ``success_argmax`` (= ``success``, the model-selection metric): for the marginalised methods
   (dense, sparsemax) the expectation over the sender's distribution,
   ``sum_z pi(z) 1[argmax = target]``, with ``|support|`` receiver calls per game; for the
   sampling methods the sender's argmax message (our deterministic evaluation), 1 call.
@@ -57,7 +57,7 @@ Communication success = the receiver's argmax is the target.  Two columns for ev
 
 ``acc_argmax`` (the argmax message, for every method) is kept beside them.  An epoch is 100 steps
 (the authors' ``batches_per_epoch``); after each, the 1,024 validation games (seed
-20200724) are scored -> ``metrics.jsonl`` (``val_acc`` = ``val_success_argmax``,
+20200724) are scored -> ``metrics.jsonl`` (``val_success`` = ``val_success_argmax``, formerly ``val_acc``,
 ``val_success_sampled``, ``val_loss``,
 ``val_calls_*`` (mean, median, p10/25/75/90 per game), training ``calls_*``, ``train_loss``, ``entropy``).  At the end the model
 with the best validation success and the last one play the 9,984 test games (seed
@@ -158,8 +158,8 @@ def _sampled_success(game, method, logits, cands, t, rng):
 def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc=None):
     """Success, NLL and receiver calls on fixed games (module docstring), under no_grad.
 
-    Returns ``dict(acc, acc_argmax, success_argmax, success_sampled, loss, calls_*)``:
-    ``acc`` = ``success_argmax`` is the expected success over the sender's distribution for
+    Returns ``dict(success, acc_argmax, success_argmax, success_sampled, loss, calls_*)``:
+    ``success`` = ``success_argmax`` is the expected success over the sender's distribution for
     dense/sparsemax and the argmax message's otherwise; ``acc_argmax`` the argmax message's
     for every method; ``success_sampled`` the expected success again for dense/sparsemax and,
     for the sampling methods, that of one message sampled per game from ``rng`` (numpy
@@ -206,7 +206,7 @@ def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc
     game.receiver_rows = rows           # evaluation is not training work
     n = len(target)
     sampled = tot["acc"] if method in MARGINALISED else tot["sampled"]
-    return {"acc": tot["acc"] / n, "acc_argmax": tot["acc_argmax"] / n,
+    return {"success": tot["acc"] / n, "acc_argmax": tot["acc_argmax"] / n,
             "success_argmax": tot["acc"] / n, "success_sampled": sampled / n,
             "loss": tot["loss"] / n, **common.summarize_calls(np.concatenate(calls), prefix="calls_")}
 
@@ -287,14 +287,16 @@ def _train(args, parser, log, xp, out):
                 message_init="linear" if args.method in ("gumbel", "st-gumbel") else "embedding")
     opt = Adam(game.parameters(), lr=lr)
     est = make_estimator_for(args.method, args.sfe_plus_baseline)
-    step, best = 0, {"val_acc": None}
+    step, best = 0, {"val_success": None}
     if args.resume:
         ck = common.load_checkpoint(common.resume_checkpoint(out))
         game.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         est.load_state_dict(ck["estimator"])
         rng.bit_generator.state = ck["rng"]
-        step, best = int(ck["step"]), ck["best"]
+        step, best = int(ck["step"]), dict(ck["best"])
+        if "val_acc" in best:                      # a checkpoint from before the vocabulary change
+            best["val_success"] = best.pop("val_acc")
     common.write_json(out / "config.json", {**config, "data": data_source(args)})
     spe = args.steps_per_epoch
     # The test phase: two passes (last and best model) over the test games, in validation passes.
@@ -313,20 +315,20 @@ def _train(args, parser, log, xp, out):
             record = {"epoch": -(-step // spe), "step": step, **record,
                       **{f"val_{k}": v for k, v in ev.items()}, "seconds": time.perf_counter() - t0}
             metrics.log(record)
-            if best["val_acc"] is None or record["val_acc"] > best["val_acc"]:
-                best = {"val_acc": record["val_acc"], "step": step}
+            if best["val_success"] is None or record["val_success"] > best["val_success"]:
+                best = {"val_success": record["val_success"], "step": step}
                 common.save_checkpoint(out / "best.npz", {"step": step, "model": game.state_dict()})
             common.save_checkpoint(out / "last.npz", {
                 "step": step, "model": game.state_dict(), "optimizer": opt.state_dict(),
                 "estimator": est.state_dict(), "rng": rng.bit_generator.state, "best": best})
-            print(f"step {step}: val_acc={record['val_acc']:.4f} calls={record['calls_mean']:.2f} "
+            print(f"step {step}: val_success={record['val_success']:.4f} calls={record['calls_mean']:.2f} "
                   f"run ETA {common.format_seconds(clock.eta() or 0.0)}",
                   file=log, flush=True)
     result = _test(game, args, x, test, out, best)
     common.write_json(out / "test.json", result)
     plot_run_or_explain(out, log)
-    print(f"test: success {result.get('test_acc', float('nan')):.4f} (best step "
-          f"{result.get('best_step')}), last model {result['last_test_acc']:.4f}, calls "
+    print(f"test: success {result.get('test_success', float('nan')):.4f} (best step "
+          f"{result.get('best_step')}), last model {result['last_test_success']:.4f}, calls "
           f"{result['last_test_calls_mean']:.2f}, random guess {result['random_guess']:.4f}",
           file=log, flush=True)
     return result
@@ -359,7 +361,7 @@ def _test(game, args, x, test, out, best):
     result = {"last_step": int(args.steps), **{f"last_test_{k}": v for k, v in last.items()}}
     if (out / "best.npz").exists():
         game.load_state_dict(common.load_checkpoint(out / "best.npz")["model"])
-        result.update(best_step=int(best["step"]), best_val_acc=best["val_acc"],
+        result.update(best_step=int(best["step"]), best_val_success=best["val_success"],
                       **{f"test_{k}": v for k, v in evaluate(
                           game, args.method, x, *test, chunk=args.eval_batch_size,
                           rng=np.random.default_rng([args.seed, 2]),

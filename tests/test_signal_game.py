@@ -130,15 +130,15 @@ def test_evaluate_marginalised_success_is_the_expectation():
     cand = np.einsum("bcf,fe->bce", x[images], game.project.weight.data)
     scores = np.einsum("me,bce->bmc", game.messages.data, cand)          # (B, vocab, C)
     correct = scores.argmax(-1) == target[:, None]
-    assert ev["acc"] == pytest.approx((p * correct).sum(1).mean(), rel=1e-9)
+    assert ev["success"] == pytest.approx((p * correct).sum(1).mean(), rel=1e-9)
     assert ev["calls_mean"] == 7
     top = logits.argmax(1)
     assert ev["acc_argmax"] == pytest.approx(correct[np.arange(5), top].mean())
     ev_sfe = sg.evaluate(game, "sfe-nll", x, images, target)
-    assert ev_sfe["calls_mean"] == 1 and ev_sfe["acc"] == ev["acc_argmax"]
+    assert ev_sfe["calls_mean"] == 1 and ev_sfe["success"] == ev["acc_argmax"]
     # marginalised: both columns are the expectation
-    assert ev["success_argmax"] == ev["success_sampled"] == ev["acc"]
-    assert ev_sfe["success_argmax"] == ev_sfe["acc"]
+    assert ev["success_argmax"] == ev["success_sampled"] == ev["success"]
+    assert ev_sfe["success_argmax"] == ev_sfe["success"]
 
 
 @pytest.mark.parametrize("method", ["sfe-nll", "st-gumbel", "gumbel"])
@@ -222,13 +222,13 @@ def test_smoke_every_method(method, tmp_path):
     assert [r["step"] for r in rows] == [100, 200, 300, 400]
     assert all(np.isfinite(r["train_loss"]) for r in rows)
     test = json.loads((out / "test.json").read_text())
-    assert 0 <= test["test_acc"] <= 1 and test["random_guess"] == 0.25
+    assert 0 <= test["test_success"] <= 1 and test["random_guess"] == 0.25
     # the receiver's NLL on the fixed validation games (deterministic for every method)
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
     if method in sg.ZERO_ONE:      # the reported training loss is the 0/1 error
         assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert "val_success_sampled" in rows[-1] and "val_success_argmax" in rows[-1]
-    assert test["test_success_argmax"] == test["test_acc"]
+    assert test["test_success_argmax"] == test["test_success"]
     if method in sg.MARGINALISED:
         assert test["test_success_sampled"] == test["test_success_argmax"]
     if method == "dense":
@@ -247,7 +247,7 @@ def test_smoke_every_method(method, tmp_path):
 def test_marginalised_game_learns(tmp_path):
     out = _run(tmp_path, "sparsemax", "--lr", "0.01", steps=200)
     test = json.loads((out / "test.json").read_text())
-    assert test["test_acc"] > 0.6        # chance is 0.25
+    assert test["test_success"] > 0.6        # chance is 0.25
 
 
 def test_sampled_success_differs_from_argmax_for_a_trained_sampling_game(tmp_path):
