@@ -56,10 +56,10 @@ R="$OUT/runs"
 BV=(--backend cupy --max-train 512 --nll-samples 8 --max-test 64 --eval-batch-size 128 --no-download)
 step bitvae-epoch1 40 $RUN experiments.bitvae "${BV[@]}" --epochs 1 --out "$R/bitvae"
 step bitvae-resume 40 $RUN experiments.bitvae "${BV[@]}" --epochs 2 --resume --out "$R/bitvae"
-SS=(--backend cupy --method sparsemax --max-train 640 --max-eval 256 --batch-size 64 --no-download)
+SS=(--backend cupy --method sparsemax --max-train 640 --max-test 256 --batch-size 64 --no-download)
 step ssvae-epoch1 40 $RUN experiments.ssvae "${SS[@]}" --epochs 1 --out "$R/ssvae"
 step ssvae-resume 40 $RUN experiments.ssvae "${SS[@]}" --epochs 2 --resume --out "$R/ssvae"
-SG=(--backend cupy --method sparsemax --steps-per-epoch 50 --val-games 256 --test-games 256)
+SG=(--backend cupy --method sparsemax --steps-per-epoch 50 --val-games 256 --max-test 256)
 step signal-epoch1 40 $RUN experiments.signal_game "${SG[@]}" --steps 50 --out "$R/signal"
 step signal-resume 40 $RUN experiments.signal_game "${SG[@]}" --steps 100 --resume --out "$R/signal"
 

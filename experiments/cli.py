@@ -9,8 +9,8 @@ from pathlib import Path
 
 __all__ = ["make_parser", "add_common_args", "add_backend_arg", "add_seed_arg", "add_out_arg",
            "add_data_dir_arg", "add_resume_arg", "add_training_args", "add_max_train_arg",
-           "add_dtype_arg", "add_sfe_plus_baseline_arg", "cli_error", "positive_int",
-           "nonnegative_int", "positive_float", "select_backend", "prepare_out_dir"]
+           "add_dtype_arg", "add_sfe_plus_baseline_arg", "add_argument_with_alias", "cli_error", "positive_int",
+           "nonnegative_int", "int_at_least", "positive_float", "nonnegative_float", "select_backend", "prepare_out_dir"]
 
 
 # =========================================================================== CLI
@@ -66,6 +66,31 @@ def nonnegative_int(text):
     return value
 
 
+def int_at_least(low):
+    """argparse type factory: an integer >= ``low``."""
+    def check(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+    check.__name__ = f"int_at_least_{low}"
+    return check
+
+
+def nonnegative_float(text):
+    """argparse type: a finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def positive_float(text):
     """argparse type: a finite float > 0."""
     try:
@@ -75,6 +100,27 @@ def positive_float(text):
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
     return value
+
+
+class _DeprecatedAlias(argparse._StoreAction):
+    """A store action whose old option strings still work, with one deprecation line on stderr."""
+
+    def __init__(self, option_strings, dest, deprecated=(), **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.deprecated = tuple(deprecated)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in self.deprecated:
+            print(f"{parser.prog}: warning: {option_string} is deprecated; use "
+                  f"{self.option_strings[0]}", file=sys.stderr)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def add_argument_with_alias(parser, name, *old, **kwargs):
+    """``parser.add_argument(name, *old, ...)`` where the ``old`` option strings are
+    deprecated aliases of ``name``: they still work and print one warning line on stderr.
+    ``--help`` names them after ``name``."""
+    return parser.add_argument(name, *old, action=_DeprecatedAlias, deprecated=old, **kwargs)
 
 
 def add_backend_arg(parser, default="numpy"):

@@ -5,7 +5,7 @@
 
 A run directory holds ``metrics.jsonl`` (one JSON object per epoch, keys such
 as ``epoch``, ``train_elbo``, ``val_elbo``, ``rate``, ``distortion``,
-``calls_mean``, ``calls_median``, ``calls_p10/25/75/90``, ``val_acc``,
+``calls_mean``, ``calls_median``, ``calls_p10/25/75/90``, ``val_acc`` / ``val_success``,
 ``test_acc``), ``config.json`` (at least ``method``) and optionally
 ``test.json``.  Missing keys are skipped: a figure with nothing to show is not
 written.  Matplotlib (Agg, no display needed) is imported inside the functions.
@@ -21,7 +21,8 @@ __all__ = ["load_run", "plot_run", "plot_runs", "main"]
 CALL_BAND = ("calls_p25", "calls_p75")
 CALL_TAILS = ("calls_p10", "calls_p90")
 ELBO_KEYS = (("train_elbo", "-", "train"), ("val_elbo", "--", "validation"))
-ACC_KEYS = (("train_acc", ":", "train"), ("val_acc", "--", "validation"), ("test_acc", "-", "test"))
+ACC_KEYS = (("train_acc", ":", "train"), ("val_acc", "--", "validation"), ("test_acc", "-", "test"),
+            ("val_success", "--", "validation success"))    # signal_game (formerly val_acc)
 FIGURES = ("calls", "elbo", "accuracy", "rate_distortion")
 
 

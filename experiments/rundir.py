@@ -20,15 +20,35 @@ from pathlib import Path
 from .cli import cli_error, prepare_out_dir
 
 __all__ = ["RUN_FILES", "LOCK_NAME", "run_directory", "lock_run_dir", "RunLock",
-           "stale_temp_files", "clear_run_files"]
+           "stale_temp_files", "clear_run_files", "resume_checkpoint", "renamed_config",
+           "RENAMED_OPTIONS"]
 
 LOCK_NAME = ".lock"
-# Every file a run writes into --out (checkpoint.npz: the ssvae/signal_game checkpoint).
+# Every file a run writes into --out (checkpoint.npz: the ssvae/signal_game checkpoint
+# before it was renamed last.npz; still cleared, and still resumed from).
 RUN_FILES = ("config.json", "metrics.jsonl", "test.json", "best.npz", "last.npz",
              "checkpoint.npz", "calls.png", "elbo.png", "accuracy.png", "rate_distortion.png")
 # Files whose presence means "this directory holds a run".
 _RUN_MARKERS = ("config.json", "metrics.jsonl", "test.json", "best.npz", "last.npz",
                 "checkpoint.npz")
+
+
+# Config keys renamed with their options (old -> new); the old name is a deprecated alias.
+RENAMED_OPTIONS = {"max_eval": "max_test", "test_games": "max_test"}
+
+
+def resume_checkpoint(out):
+    """The checkpoint ``--resume`` continues from: ``out/last.npz``, else the
+    ``checkpoint.npz`` of a run written before the rename; ``None`` if neither exists."""
+    for name in ("last.npz", "checkpoint.npz"):
+        if (Path(out) / name).is_file():
+            return Path(out) / name
+    return None
+
+
+def renamed_config(config):
+    """``config`` (a saved config.json) with the keys of renamed options under their new names."""
+    return {RENAMED_OPTIONS.get(k, k): v for k, v in config.items()}
 
 
 class RunLock:

@@ -44,7 +44,7 @@ Evaluation and metrics
 ----------------------
 Communication success = the receiver's argmax is the target.  Two columns for every method:
 
-* ``success_argmax`` (= ``acc``, the model-selection metric): for the marginalised methods
+* ``success_argmax`` (= ``success``, the model-selection metric): for the marginalised methods
   (dense, sparsemax) the expectation over the sender's distribution,
   ``sum_z pi(z) 1[argmax = target]``, with ``|support|`` receiver calls per game; for the
   sampling methods the sender's argmax message (our deterministic evaluation), 1 call.
@@ -57,9 +57,9 @@ Communication success = the receiver's argmax is the target.  Two columns for ev
 
 ``acc_argmax`` (the argmax message, for every method) is kept beside them.  An epoch is 100 steps
 (the authors' ``batches_per_epoch``); after each, the 1,024 validation games (seed
-20200724) are scored -> ``metrics.jsonl`` (``val_acc`` = ``val_success_argmax``,
+20200724) are scored -> ``metrics.jsonl`` (``val_success`` = ``val_success_argmax``, formerly ``val_acc``,
 ``val_success_sampled``, ``val_loss``,
-``val_calls_mean``, training ``calls_*``, ``train_loss``, ``entropy``).  At the end the model
+``val_calls_*`` (mean, median, p10/25/75/90 per game), training ``calls_*``, ``train_loss``, ``entropy``).  At the end the model
 with the best validation success and the last one play the 9,984 test games (seed
 20200725) -> ``test.json``.  Random guessing succeeds 1/16 = 6.25%.
 
@@ -158,8 +158,8 @@ def _sampled_success(game, method, logits, cands, t, rng):
 def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc=None):
     """Success, NLL and receiver calls on fixed games (module docstring), under no_grad.
 
-    Returns ``dict(acc, acc_argmax, success_argmax, success_sampled, loss, calls_mean)``:
-    ``acc`` = ``success_argmax`` is the expected success over the sender's distribution for
+    Returns ``dict(success, acc_argmax, success_argmax, success_sampled, loss, calls_*)``:
+    ``success`` = ``success_argmax`` is the expected success over the sender's distribution for
     dense/sparsemax and the argmax message's otherwise; ``acc_argmax`` the argmax message's
     for every method; ``success_sampled`` the expected success again for dense/sparsemax and,
     for the sampling methods, that of one message sampled per game from ``rng`` (numpy
@@ -169,7 +169,8 @@ def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc
     from refimpl import sparsemax as _sparsemax  # noqa: PLC0415
     xp, dtype = game.messages.xp, game.messages.dtype
     rng = np.random.default_rng(0) if rng is None else rng
-    tot = {"acc": 0.0, "acc_argmax": 0.0, "sampled": 0.0, "loss": 0.0, "calls": 0.0}
+    tot = {"acc": 0.0, "acc_argmax": 0.0, "sampled": 0.0, "loss": 0.0}
+    calls = []                          # receiver calls per game (support size)
     rows = game.receiver_rows
     with no_grad():
         starts = range(0, len(target), chunk)
@@ -193,7 +194,7 @@ def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc
             w = p[idx, m]
             tot["acc"] += float((w * correct).sum())
             tot["loss"] += float((w * nll).sum())
-            tot["calls"] += float(idx.shape[0])
+            calls.append(to_numpy(xp.bincount(idx, minlength=b)))
             top = logits.argmax(axis=1)
             at_top = m == top[idx]
             if method in MARGINALISED and not bool(xp.all(xp.bincount(idx[at_top], minlength=b) == 1)):
@@ -205,9 +206,9 @@ def evaluate(game, method, x, images, target, chunk=512, rng=None, progress_desc
     game.receiver_rows = rows           # evaluation is not training work
     n = len(target)
     sampled = tot["acc"] if method in MARGINALISED else tot["sampled"]
-    return {"acc": tot["acc"] / n, "acc_argmax": tot["acc_argmax"] / n,
+    return {"success": tot["acc"] / n, "acc_argmax": tot["acc_argmax"] / n,
             "success_argmax": tot["acc"] / n, "success_sampled": sampled / n,
-            "loss": tot["loss"] / n, "calls_mean": tot["calls"] / n}
+            "loss": tot["loss"] / n, **common.summarize_calls(np.concatenate(calls), prefix="calls_")}
 
 
 # =========================================================================== run
@@ -237,7 +238,7 @@ def data_source(args):
 def _config(args, lr, coeff, data):
     keys = ("method", "seed", "steps", "steps_per_epoch", "batch_size", "game_size", "vocab",
             "hidden", "embedding", "activation", "sender_temperature", "features", "data_seed",
-            "n_concepts", "per_concept", "feature_dim", "variation", "val_games", "test_games",
+            "n_concepts", "per_concept", "feature_dim", "variation", "val_games", "max_test",
             "dtype", "backend", "sfe_plus_baseline")
     cfg = {k: getattr(args, k) for k in keys}
     cfg.update(lr=lr, entropy_coeff=coeff, experiment="signal_game", label=args.method,
@@ -248,9 +249,10 @@ def _config(args, lr, coeff, data):
     return cfg
 
 
-def train(args, parser=None, log=sys.stderr):
+def train(args, parser=None, log=None):
     """Run the experiment of parsed ``args``; returns the test record.  ``--out`` is
     locked meanwhile (:func:`experiments.common.run_directory`)."""
+    log = sys.stderr if log is None else log      # the stderr of the call, not of the import
     xp = common.select_backend(args.backend, parser)
     with common.run_directory(args.out, parser, resume=args.resume,
                               overwrite=getattr(args, "overwrite", False)) as out:
@@ -269,15 +271,15 @@ def _train(args, parser, log, xp, out):
                                  f"the features have {data.n_concepts}")
     config = _config(args, lr, coeff, data)
     if args.resume:
-        if not (out / "checkpoint.npz").exists():
-            common.cli_error(parser, f"--resume: no checkpoint.npz in {out}")
-        old = common.read_json(out / "config.json")
+        if common.resume_checkpoint(out) is None:
+            common.cli_error(parser, f"--resume: no checkpoint (last.npz) in {out}; run without --resume")
+        old = common.renamed_config(common.read_json(out / "config.json"))
         diff = sorted(k for k in config if k != "steps" and old.get(k) != config[k])
         if diff:
             common.cli_error(parser, f"--resume: options differ from the saved run in {diff}")
     x = xp.asarray(data.features.astype(dtype, copy=False))
     val = sd.fixed_games(data, args.val_games, args.game_size, sd.VALIDATION_SEED)
-    test = sd.fixed_games(data, args.test_games, args.game_size, sd.TEST_SEED)
+    test = sd.fixed_games(data, args.max_test, args.game_size, sd.TEST_SEED)
     rng = np.random.default_rng(args.seed)
     game = Game(rng, x.shape[1], xp=xp, dtype=dtype, hidden=args.hidden, vocab=args.vocab,
                 embedding=args.embedding, activation=args.activation,
@@ -285,19 +287,21 @@ def _train(args, parser, log, xp, out):
                 message_init="linear" if args.method in ("gumbel", "st-gumbel") else "embedding")
     opt = Adam(game.parameters(), lr=lr)
     est = make_estimator_for(args.method, args.sfe_plus_baseline)
-    step, best = 0, {"val_acc": None}
+    step, best = 0, {"val_success": None}
     if args.resume:
-        ck = common.load_checkpoint(out / "checkpoint.npz")
+        ck = common.load_checkpoint(common.resume_checkpoint(out))
         game.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         est.load_state_dict(ck["estimator"])
         rng.bit_generator.state = ck["rng"]
-        step, best = int(ck["step"]), ck["best"]
+        step, best = int(ck["step"]), dict(ck["best"])
+        if "val_acc" in best:                      # a checkpoint from before the vocabulary change
+            best["val_success"] = best.pop("val_acc")
     common.write_json(out / "config.json", {**config, "data": data_source(args)})
     spe = args.steps_per_epoch
     # The test phase: two passes (last and best model) over the test games, in validation passes.
     clock = common.RunClock(args.steps, step, -(-(args.steps - step) // spe),
-                            test_cost=2 * args.test_games / args.val_games)
+                            test_cost=2 * args.max_test / args.val_games)
     with common.MetricsLog(out / "metrics.jsonl", keep_epochs=step // spe) as metrics:
         while step < args.steps:
             t0 = time.perf_counter()
@@ -305,30 +309,36 @@ def _train(args, parser, log, xp, out):
             record = _train_steps(game, opt, est, args, x, data, rng, coeff, n, step, clock)
             step += n
             eval_start = time.perf_counter()
-            ev = evaluate(game, args.method, x, *val, rng=np.random.default_rng([args.seed, 1]))
+            ev = evaluate(game, args.method, x, *val, chunk=args.eval_batch_size,
+                          rng=np.random.default_rng([args.seed, 1]))
             clock.add_eval(time.perf_counter() - eval_start)
             record = {"epoch": -(-step // spe), "step": step, **record,
                       **{f"val_{k}": v for k, v in ev.items()}, "seconds": time.perf_counter() - t0}
             metrics.log(record)
-            if best["val_acc"] is None or record["val_acc"] > best["val_acc"]:
-                best = {"val_acc": record["val_acc"], "step": step}
+            if best["val_success"] is None or record["val_success"] > best["val_success"]:
+                best = {"val_success": record["val_success"], "step": step}
                 common.save_checkpoint(out / "best.npz", {"step": step, "model": game.state_dict()})
-            common.save_checkpoint(out / "checkpoint.npz", {
+            common.save_checkpoint(out / "last.npz", {
                 "step": step, "model": game.state_dict(), "optimizer": opt.state_dict(),
                 "estimator": est.state_dict(), "rng": rng.bit_generator.state, "best": best})
-            print(f"step {step}: val_acc={record['val_acc']:.4f} calls={record['calls_mean']:.2f} "
+            print(f"step {step}: val_success={record['val_success']:.4f} calls={record['calls_mean']:.2f} "
                   f"run ETA {common.format_seconds(clock.eta() or 0.0)}",
                   file=log, flush=True)
     result = _test(game, args, x, test, out, best)
     common.write_json(out / "test.json", result)
     plot_run_or_explain(out, log)
+    print(f"test: success {result.get('test_success', float('nan')):.4f} (best step "
+          f"{result.get('best_step')}), last model {result['last_test_success']:.4f}, calls "
+          f"{result['last_test_calls_mean']:.2f}, random guess {result['random_guess']:.4f}",
+          file=log, flush=True)
     return result
 
 
 def _train_steps(game, opt, est, args, x, data, rng, coeff, n, step0, clock=None):
     """``n`` optimisation steps; returns the epoch's training metrics."""
     losses, ents, calls = [], [], []
-    bar = common.progress(range(n), total=n, desc=f"steps {step0 + 1}-{step0 + n}", clock=clock)
+    bar = common.progress(range(n), total=n, desc=f"steps {step0 + 1}-{step0 + n}", clock=clock,
+                          log_every=getattr(args, "log_every", 50))
     for _ in bar:
         images, target = sd.sample_games(data, args.batch_size, args.game_size, rng)
         opt.zero_grad()
@@ -345,14 +355,16 @@ def _train_steps(game, opt, est, args, x, data, rng, coeff, n, step0, clock=None
 
 def _test(game, args, x, test, out, best):
     """Test games with the last model and the best-validation one (``test.json``)."""
-    last = evaluate(game, args.method, x, *test, rng=np.random.default_rng([args.seed, 2]),
+    last = evaluate(game, args.method, x, *test, chunk=args.eval_batch_size,
+                    rng=np.random.default_rng([args.seed, 2]),
                     progress_desc="test (last model)")
     result = {"last_step": int(args.steps), **{f"last_test_{k}": v for k, v in last.items()}}
     if (out / "best.npz").exists():
         game.load_state_dict(common.load_checkpoint(out / "best.npz")["model"])
-        result.update(best_step=int(best["step"]), best_val_acc=best["val_acc"],
+        result.update(best_step=int(best["step"]), best_val_success=best["val_success"],
                       **{f"test_{k}": v for k, v in evaluate(
-                          game, args.method, x, *test, rng=np.random.default_rng([args.seed, 2]),
+                          game, args.method, x, *test, chunk=args.eval_batch_size,
+                          rng=np.random.default_rng([args.seed, 2]),
                           progress_desc="test (best model)").items()})
     result["random_guess"] = 1.0 / args.game_size
     return result
@@ -364,7 +376,9 @@ def build_parser():
     """The command-line parser (bad values exit 2 with one line)."""
     d = sd.SYNTHETIC_DEFAULTS
     p = common.make_parser("Signal game with 16 candidates (paper §5.2).", prog=PROG)
-    p.add_argument("--method", choices=METHODS, default="sparsemax")
+    p.add_argument("--method", choices=METHODS, default="sparsemax",
+                   help="how the sender's E_q[loss] is trained: sparse marginalisation (sparsemax) "
+                        "or sampling / relaxation (the others)")
     common.add_backend_arg(p)
     common.add_seed_arg(p)
     common.add_out_arg(p)
@@ -377,25 +391,36 @@ def build_parser():
     p.add_argument("--batch-size", type=common.positive_int, default=64, help="games per step")
     p.add_argument("--lr", type=common.positive_float, default=None,
                    help="Adam learning rate (default: the method's, docs/authors.md)")
-    p.add_argument("--entropy-coeff", type=float, default=None,
+    p.add_argument("--entropy-coeff", type=common.nonnegative_float, default=None,
                    help="sender entropy bonus (default: the method's, docs/authors.md)")
-    p.add_argument("--game-size", type=common.positive_int, default=16, help="candidates per game")
+    p.add_argument("--game-size", type=common.int_at_least(2), default=16,
+                   help="candidates per game (>= 2)")
     p.add_argument("--vocab", type=common.positive_int, default=256, help="sender vocabulary")
     p.add_argument("--hidden", type=common.positive_int, default=512, help="sender hidden size")
     p.add_argument("--embedding", type=common.positive_int, default=256, help="receiver embedding")
     p.add_argument("--activation", choices=("tanh", "relu"), default="tanh", help="sender nonlinearity")
     p.add_argument("--sender-temperature", type=common.positive_float, default=10.0,
                    help="sender logits are divided by this")
-    p.add_argument("--val-games", type=common.positive_int, default=1024)
-    p.add_argument("--test-games", type=common.positive_int, default=9984)
+    p.add_argument("--eval-batch-size", metavar="N", type=common.positive_int, default=512,
+                   help="games per batch for validation and test")
+    p.add_argument("--log-every", metavar="N", type=common.positive_int, default=50,
+                   help="steps between progress lines when stderr is not a terminal")
+    p.add_argument("--val-games", type=common.positive_int, default=1024,
+                   help="fixed validation games (drawn in order from the validation seed)")
+    common.add_argument_with_alias(p, "--max-test", "--test-games", metavar="N",
+                                   type=common.positive_int, default=9984,
+                                   help="fixed test games (the first N drawn from the test seed)")
     p.add_argument("--features", metavar="FILE.npz", default=None,
                    help="real features: arrays features (N, F) and concepts (N,)")
     p.add_argument("--data-seed", type=common.nonnegative_int, default=0,
                    help="seed of the synthetic features")
-    p.add_argument("--n-concepts", type=common.positive_int, default=d["n_concepts"])
-    p.add_argument("--per-concept", type=common.positive_int, default=d["per_concept"])
-    p.add_argument("--feature-dim", type=common.positive_int, default=d["dim"])
-    p.add_argument("--variation", type=float, default=d["variation"],
+    p.add_argument("--n-concepts", type=common.positive_int, default=d["n_concepts"],
+                   help="concepts of the synthetic features (ignored with --features)")
+    p.add_argument("--per-concept", type=common.positive_int, default=d["per_concept"],
+                   help="synthetic images per concept (ignored with --features)")
+    p.add_argument("--feature-dim", type=common.positive_int, default=d["dim"],
+                   help="dimension of the synthetic features (ignored with --features)")
+    p.add_argument("--variation", type=common.nonnegative_float, default=d["variation"],
                    help="within-concept variation scale of the synthetic features")
     return p
 
@@ -406,10 +431,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.out is None:
         common.cli_error(parser, "--out DIR is required")
-    if args.entropy_coeff is not None and not np.isfinite(args.entropy_coeff):
-        common.cli_error(parser, f"--entropy-coeff must be finite, got {args.entropy_coeff}")
-    if args.variation < 0 or not np.isfinite(args.variation):
-        common.cli_error(parser, f"--variation must be a finite number >= 0, got {args.variation}")
     if args.features and not Path(args.features).is_file():
         common.cli_error(parser, f"--features {args.features}: no such file")
     train(args, parser)

@@ -30,7 +30,7 @@ generative nets: one decoder call per pair, so ``decoder calls`` = support size 
 Data (see :func:`make_split`)
 -----------------------------
 (``--max-train N`` keeps the first N images of the 50,000-image training pool, 10% of them
-labelled; ``--max-eval N`` the first N validation and test images; ``--batch-size`` is per
+labelled; ``--max-test N`` the first N validation and test images; ``--batch-size`` is per
 part: B labelled + B unlabelled images per step.)
 
 The 60,000 MNIST training images are permuted with ``--split-seed`` (default 0, the same
@@ -52,8 +52,8 @@ reported value), ``train_acc`` (classifier on the unlabelled batches), ``calls_*
 ``val_acc``/``test_acc``, ``val_elbo``/``test_elbo`` (the ELBO under the method's own
 distribution, summed exactly over its support: softmax for dense and the MC methods,
 sparsemax for sparsemax; one fixed eps per image), ``*_loss_argmax`` (the authors' logged
-value: ``-log p(x|h,y) + KL`` at the classifier's argmax) and ``*_calls_mean`` (support
-size at evaluation); with ``--warm-start-epochs N`` the first N records have ``phase``
+value: ``-log p(x|h,y) + KL`` at the classifier's argmax) and ``*_calls_*`` (support
+size at evaluation: mean, median, p10/25/75/90, as the bit-VAE's); with ``--warm-start-epochs N`` the first N records have ``phase``
 "warm-start" (labelled loss only; not eligible as the best epoch) and the rest "train".
 ``test.json`` holds the test metrics of the epoch with the best validation ELBO, and those
 of the last epoch.
@@ -67,8 +67,8 @@ import numpy as np
 
 from experiments import common
 from experiments.plot import plot_run_or_explain
-from experiments.ssvae_model import (SSVAE, binarize, load_data, make_split, onehot,
-                                     sparsemax_loss)
+from experiments.ssvae_model import (N_VALIDATION, SSVAE, binarize, load_data, make_split,
+                                     onehot, sparsemax_loss)
 from nets import Adam, Tensor, no_grad, ops
 from refimpl.backend import to_numpy
 
@@ -82,6 +82,7 @@ PAPER_LR = {"sparsemax": 5e-4, "dense": 1e-3, "gumbel": 1e-3, "st-gumbel": 1e-3,
 WEIGHT_DECAY = 1e-5
 EVAL_SEED_OFFSET = 1_000_003    # eval noise: default_rng(split_seed + this), never the train rng
 PROG = "python -m experiments.ssvae"
+N_TRAIN_POOL = 60_000 - N_VALIDATION   # MNIST training images left after the validation split
 
 
 # =========================================================================== training
@@ -172,7 +173,7 @@ def train_epoch(state, data, args, xp, dtype, labelled_only=None):
     calls, count = [], 0
     steps = range(0, n_main, args.batch_size)
     bar = common.progress(steps, total=len(steps), desc=f"epoch {state['epoch'] + 1}",
-                          clock=state.get("clock"))
+                          clock=state.get("clock"), log_every=getattr(args, "log_every", 50))
     for start in bar:
         pos = order[start:start + args.batch_size]
         lab_i = pos if labelled_only else pos % n_lab
@@ -214,7 +215,8 @@ def evaluate(model, x, y, method, seed, batch_size=1000):
     xp, dtype = model.enc1.weight.xp, model.enc1.weight.dtype
     rng = np.random.default_rng(seed)
     noise_all = rng.standard_normal((len(x), model.n_classes, model.latent))
-    totals = {"acc": 0.0, "elbo": 0.0, "loss_argmax": 0.0, "calls": 0.0}
+    totals = {"acc": 0.0, "elbo": 0.0, "loss_argmax": 0.0}
+    calls = []                         # decoder calls per image (support size)
     rows = model.decoder_rows
     with no_grad():
         for start in range(0, len(x), batch_size):
@@ -235,11 +237,12 @@ def evaluate(model, x, y, method, seed, batch_size=1000):
             totals["acc"] += float((pred == yb).sum())
             totals["elbo"] += float((entropy - expected).sum())
             totals["loss_argmax"] += float(at_argmax.sum())
-            totals["calls"] += float(idx.shape[0])
+            calls.append(to_numpy(xp.bincount(idx, minlength=len(xb))))
     model.decoder_rows = rows          # evaluation is not training work
     n = len(x)
     return {"acc": totals["acc"] / n, "elbo": totals["elbo"] / n,
-            "loss_argmax": totals["loss_argmax"] / n, "calls_mean": totals["calls"] / n}
+            "loss_argmax": totals["loss_argmax"] / n,
+            **common.summarize_calls(np.concatenate(calls), prefix="calls_")}
 
 
 # =========================================================================== run state
@@ -247,7 +250,7 @@ def evaluate(model, x, y, method, seed, batch_size=1000):
 def _config(args, lr):
     """The JSON-able run configuration (config.json, checked on --resume)."""
     keys = ("method", "labeled_only", "warm_start", "warm_start_epochs", "seed", "split_seed",
-            "epochs", "batch_size", "max_train", "max_eval", "dtype", "backend", "temperature",
+            "epochs", "batch_size", "max_train", "max_test", "dtype", "backend", "temperature",
             "sfe_plus_baseline")
     cfg = {k: getattr(args, k) for k in keys}
     cfg.update(lr=lr, weight_decay=WEIGHT_DECAY, experiment="ssvae",
@@ -256,9 +259,9 @@ def _config(args, lr):
 
 
 def save_state(out, state, best):
-    """Atomic ``checkpoint.npz`` (everything to resume)."""
+    """Atomic ``last.npz`` (everything to resume)."""
     est = state["estimator"]
-    common.save_checkpoint(out / "checkpoint.npz", {
+    common.save_checkpoint(out / "last.npz", {
         "epoch": state["epoch"], "model": state["model"].state_dict(),
         "optimizer": state["opt"].state_dict(),
         "estimator": est.state_dict() if est is not None else {},
@@ -266,8 +269,9 @@ def save_state(out, state, best):
 
 
 def load_state(out, state):
-    """Restore ``state`` from ``out/checkpoint.npz``; returns the saved ``best`` record."""
-    ck = common.load_checkpoint(out / "checkpoint.npz")
+    """Restore ``state`` from ``out/last.npz`` (or a ``checkpoint.npz`` of an older run);
+    returns the saved ``best`` record."""
+    ck = common.load_checkpoint(common.resume_checkpoint(out))
     state["model"].load_state_dict(ck["model"])
     state["opt"].load_state_dict(ck["optimizer"])
     if state["estimator"] is not None:
@@ -280,7 +284,8 @@ def load_state(out, state):
 def warm_start(model, path, parser):
     """Load model weights from a ``--labeled-only`` run (its ``best.npz``, a checkpoint file)."""
     path = Path(path)
-    candidates = [path] if path.is_file() else [path / "best.npz", path / "checkpoint.npz"]
+    candidates = [path] if path.is_file() else [path / "best.npz", path / "last.npz",
+                                                       path / "checkpoint.npz"]
     for p in candidates:
         if p.is_file():
             try:
@@ -288,13 +293,14 @@ def warm_start(model, path, parser):
             except (KeyError, ValueError) as exc:
                 common.cli_error(parser, f"--warm-start {p}: {exc}")
             return p
-    common.cli_error(parser, f"--warm-start {path}: no best.npz or checkpoint.npz there "
+    common.cli_error(parser, f"--warm-start {path}: no best.npz or last.npz there "
                              "(run with --labeled-only first)")
 
 
-def train(args, parser=None, log=sys.stderr):
+def train(args, parser=None, log=None):
     """Run the experiment described by parsed ``args``; returns the last metrics record.
     ``--out`` is locked meanwhile (:func:`experiments.common.run_directory`)."""
+    log = sys.stderr if log is None else log      # the stderr of the call, not of the import
     xp = common.select_backend(args.backend, parser)
     with common.run_directory(args.out, parser, resume=args.resume,
                               overwrite=getattr(args, "overwrite", False)) as out:
@@ -307,9 +313,9 @@ def _train(args, parser, log, xp, out):
     lr = args.lr if args.lr is not None else PAPER_LR[args.method]
     config = _config(args, lr)
     if args.resume:
-        if not (out / "checkpoint.npz").exists():
-            common.cli_error(parser, f"--resume: no checkpoint.npz in {out}")
-        old = common.read_json(out / "config.json")
+        if common.resume_checkpoint(out) is None:
+            common.cli_error(parser, f"--resume: no checkpoint (last.npz) in {out}; run without --resume")
+        old = common.renamed_config(common.read_json(out / "config.json"))
         diff = {k for k in config if k != "epochs" and old.get(k) != config[k]}
         if diff:
             common.cli_error(parser, f"--resume: options differ from the saved run in {sorted(diff)}")
@@ -346,7 +352,8 @@ def _train(args, parser, log, xp, out):
                 record["phase"] = "warm-start" if warm else "train"
             eval_start = time.perf_counter()
             for split in ("val", "test"):
-                ev = evaluate(model, data[f"{split}_x"], data[f"{split}_y"], args.method, seed_eval)
+                ev = evaluate(model, data[f"{split}_x"], data[f"{split}_y"], args.method, seed_eval,
+                              batch_size=args.eval_batch_size)
                 record.update({f"{split}_{k}": v for k, v in ev.items()})
             clock.add_eval(time.perf_counter() - eval_start)
             record = {"epoch": state["epoch"], **record, "seconds": time.perf_counter() - t0}
@@ -366,6 +373,9 @@ def _train(args, parser, log, xp, out):
         "last_epoch": last["epoch"],
         "last": {k: v for k, v in last.items() if k.startswith(("test_", "calls_"))}})
     plot_run_or_explain(out, log)
+    print(f"test: accuracy {best.get('test_acc', float('nan')):.4f}, ELBO "
+          f"{best.get('test_elbo', float('nan')):.2f} (best epoch {best['epoch']}), calls "
+          f"{best.get('test_calls_mean', float('nan')):.2f}", file=log, flush=True)
     return last
 
 
@@ -387,8 +397,14 @@ def build_parser():
                         "cross-entropy), then --epochs full epochs; the authors used 100, the "
                         "paper states none (0)")
     common.add_sfe_plus_baseline_arg(p)
-    p.add_argument("--max-eval", metavar="N", type=common.positive_int, default=None,
-                   help="evaluate on the first N validation and N test images only")
+    common.add_argument_with_alias(p, "--max-test", "--max-eval", metavar="N",
+                                   type=common.positive_int, default=None,
+                                   help="evaluate on the first N validation and N test images only "
+                                        "(at most 10000)")
+    p.add_argument("--eval-batch-size", metavar="N", type=common.positive_int, default=1000,
+                   help="images per batch for validation and test (results do not depend on it)")
+    p.add_argument("--log-every", metavar="N", type=common.positive_int, default=50,
+                   help="steps between progress lines when stderr is not a terminal")
     p.add_argument("--split-seed", type=common.nonnegative_int, default=0,
                    help="seed of the validation/labelled/unlabelled split (same for all runs)")
     p.add_argument("--temperature", type=common.positive_float, default=1.0,
@@ -407,6 +423,12 @@ def main(argv=None):
                                  "(--labeled-only is itself a warm start: set its --epochs)")
     if args.out is None:
         common.cli_error(parser, "--out DIR is required")
+    if args.max_train is not None and args.max_train > N_TRAIN_POOL:
+        common.cli_error(parser, f"--max-train {args.max_train} exceeds the {N_TRAIN_POOL} training "
+                                 "images left after the validation split")
+    if args.max_test is not None and args.max_test > N_VALIDATION:
+        common.cli_error(parser, f"--max-test {args.max_test} exceeds the {N_VALIDATION} validation "
+                                 "and test images")
     train(args, parser)
     return 0
 

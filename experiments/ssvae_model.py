@@ -110,8 +110,8 @@ def load_data(args, parser):
     split = make_split(len(train_x), args.split_seed, max_train=args.max_train)
     eval_rng = np.random.default_rng([args.split_seed, 7])
     val, test = split["validation"], np.arange(len(ds["test_images"]))
-    if args.max_eval is not None:
-        val, test = val[:args.max_eval], test[:args.max_eval]
+    if args.max_test is not None:
+        val, test = val[:args.max_test], test[:args.max_test]
     return {
         "lab_x": train_x[split["labelled"]], "lab_y": ds["train_labels"][split["labelled"]],
         "unlab_x": train_x[split["unlabelled"]], "unlab_y": ds["train_labels"][split["unlabelled"]],

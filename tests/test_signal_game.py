@@ -21,7 +21,7 @@ from _params import assign, flat
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_DATA = ["--n-concepts", "24", "--per-concept", "6", "--feature-dim", "48"]
 SMALL_NET = ["--vocab", "16", "--hidden", "24", "--embedding", "12", "--game-size", "4",
-             "--batch-size", "32", "--val-games", "64", "--test-games", "96"]
+             "--batch-size", "32", "--val-games", "64", "--max-test", "96"]
 
 
 # --------------------------------------------------------------------------- ops
@@ -130,15 +130,15 @@ def test_evaluate_marginalised_success_is_the_expectation():
     cand = np.einsum("bcf,fe->bce", x[images], game.project.weight.data)
     scores = np.einsum("me,bce->bmc", game.messages.data, cand)          # (B, vocab, C)
     correct = scores.argmax(-1) == target[:, None]
-    assert ev["acc"] == pytest.approx((p * correct).sum(1).mean(), rel=1e-9)
+    assert ev["success"] == pytest.approx((p * correct).sum(1).mean(), rel=1e-9)
     assert ev["calls_mean"] == 7
     top = logits.argmax(1)
     assert ev["acc_argmax"] == pytest.approx(correct[np.arange(5), top].mean())
     ev_sfe = sg.evaluate(game, "sfe-nll", x, images, target)
-    assert ev_sfe["calls_mean"] == 1 and ev_sfe["acc"] == ev["acc_argmax"]
+    assert ev_sfe["calls_mean"] == 1 and ev_sfe["success"] == ev["acc_argmax"]
     # marginalised: both columns are the expectation
-    assert ev["success_argmax"] == ev["success_sampled"] == ev["acc"]
-    assert ev_sfe["success_argmax"] == ev_sfe["acc"]
+    assert ev["success_argmax"] == ev["success_sampled"] == ev["success"]
+    assert ev_sfe["success_argmax"] == ev_sfe["success"]
 
 
 @pytest.mark.parametrize("method", ["sfe-nll", "st-gumbel", "gumbel"])
@@ -222,18 +222,22 @@ def test_smoke_every_method(method, tmp_path):
     assert [r["step"] for r in rows] == [100, 200, 300, 400]
     assert all(np.isfinite(r["train_loss"]) for r in rows)
     test = json.loads((out / "test.json").read_text())
-    assert 0 <= test["test_acc"] <= 1 and test["random_guess"] == 0.25
+    assert 0 <= test["test_success"] <= 1 and test["random_guess"] == 0.25
     # the receiver's NLL on the fixed validation games (deterministic for every method)
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
     if method in sg.ZERO_ONE:      # the reported training loss is the 0/1 error
         assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert "val_success_sampled" in rows[-1] and "val_success_argmax" in rows[-1]
-    assert test["test_success_argmax"] == test["test_acc"]
+    assert test["test_success_argmax"] == test["test_success"]
     if method in sg.MARGINALISED:
         assert test["test_success_sampled"] == test["test_success_argmax"]
     if method == "dense":
         assert rows[-1]["calls_mean"] == 16 and test["test_calls_mean"] == 16
-    elif method == "sparsemax":
+        # the bit-VAE's names for the calls' quantiles, on every game: all 16
+        assert all(test[f"test_calls_{q}"] == 16 for q in ("median", "p10", "p25", "p75", "p90"))
+    elif method == "sparsemax":   # quantiles of the per-game support sizes, in order
+        q = [test[f"test_calls_{k}"] for k in ("p10", "p25", "median", "p75", "p90")]
+        assert q == sorted(q) and 1 <= q[0] and q[-1] <= 16
         assert 1 <= rows[-1]["calls_mean"] <= 16
     else:
         assert rows[-1]["calls_mean"] == (2 if method == "sfe-plus" else 1)
@@ -243,7 +247,7 @@ def test_smoke_every_method(method, tmp_path):
 def test_marginalised_game_learns(tmp_path):
     out = _run(tmp_path, "sparsemax", "--lr", "0.01", steps=200)
     test = json.loads((out / "test.json").read_text())
-    assert test["test_acc"] > 0.6        # chance is 0.25
+    assert test["test_success"] > 0.6        # chance is 0.25
 
 
 def test_sampled_success_differs_from_argmax_for_a_trained_sampling_game(tmp_path):
@@ -271,10 +275,25 @@ def test_resume_equals_uninterrupted(method, tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(common.read_metrics(full / "metrics.jsonl")) == \
         strip(common.read_metrics(part / "metrics.jsonl"))
-    a, b = (common.load_checkpoint(d / "checkpoint.npz") for d in (full, part))
+    a, b = (common.load_checkpoint(d / "last.npz") for d in (full, part))
     for k in a["model"]:
         np.testing.assert_array_equal(a["model"][k], b["model"][k])
     assert a["estimator"] == b["estimator"] and a["rng"] == b["rng"]
+    assert json.loads((full / "test.json").read_text()) == json.loads((part / "test.json").read_text())
+
+
+@pytest.mark.slow    # an end-to-end CLI run: skipped by the quick loop, run by CI
+def test_resume_from_a_run_written_before_the_rename(tmp_path, capsys):
+    # checkpoint.npz (now last.npz) and config.json's test_games (now max_test) still resume
+    full = _run(tmp_path, "sparsemax", name="full", steps=40)
+    part = _run(tmp_path, "sparsemax", name="part", steps=20)
+    (part / "last.npz").rename(part / "checkpoint.npz")
+    cfg = json.loads((part / "config.json").read_text())
+    cfg["test_games"] = cfg.pop("max_test")
+    (part / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    _run(tmp_path, "sparsemax", "--resume", name="part", steps=40)
+    assert any(line.startswith("test: success ") for line in capsys.readouterr().err.splitlines())
     assert json.loads((full / "test.json").read_text()) == json.loads((part / "test.json").read_text())
 
 
@@ -314,7 +333,7 @@ def test_second_run_on_one_out_exits_2_and_a_killed_run_leaves_nothing_in_the_wa
                              stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not (out / "checkpoint.npz").exists():          # locked and checkpointed
+        while not (out / "last.npz").exists():          # locked and checkpointed
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         second = subprocess.run(_cli(out), cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -17,7 +17,7 @@ from _params import assign, flat
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_pixels=12, n_classes=4, latent=2, classifier_hidden=(6,), vae_hidden=5)
-SMALL = ["--max-train", "330", "--max-eval", "64", "--batch-size", "32", "--epochs", "2"]
+SMALL = ["--max-train", "330", "--max-test", "64", "--batch-size", "32", "--epochs", "2"]
 
 
 # --------------------------------------------------------------------------- sparsemax loss
@@ -169,6 +169,8 @@ def test_smoke_every_method_loss_decreases(method, tmp_path, data_dir, warm_dir)
         assert 1 <= rows[-1]["calls_mean"] <= 10
     test = json.loads((out / "test.json").read_text())
     assert test["best_epoch"] in (1, 2, 3) and "test_acc" in test
+    q = [test[f"test_calls_{k}"] for k in ("p10", "p25", "median", "p75", "p90")]   # bit-VAE names
+    assert q == sorted(q) and 1 <= q[0] and q[-1] <= 10
     if method == "sparsemax":            # the data source: the four verified MNIST files
         from experiments.data import FILES
         source = json.loads((out / "config.json").read_text())["data"]
@@ -225,8 +227,8 @@ def test_resume_equals_uninterrupted(method, tmp_path, data_dir):
     again = [{k: v for k, v in r.items() if k != "seconds"}
              for r in common.read_metrics(part / "metrics.jsonl")]
     assert strip == again
-    a = common.load_checkpoint(full / "checkpoint.npz")
-    b = common.load_checkpoint(part / "checkpoint.npz")
+    a = common.load_checkpoint(full / "last.npz")
+    b = common.load_checkpoint(part / "last.npz")
     for k in a["model"]:
         np.testing.assert_array_equal(a["model"][k], b["model"][k])
     assert a["estimator"] == b["estimator"] and a["rng"] == b["rng"]
@@ -248,7 +250,7 @@ def test_bad_cli_values_exit_2_with_one_line(argv, needle, tmp_path, request):
     # never download; the --warm-start check comes after the data is loaded, so it needs the data
     data = ["--data-dir", str(request.getfixturevalue("data_dir"))] if "/nonexistent" in argv else []
     proc = subprocess.run([sys.executable, "-m", "experiments.ssvae", "--out", str(tmp_path / "o"),
-                           "--max-train", "300", "--max-eval", "10", "--no-download", *data, *argv],
+                           "--max-train", "300", "--max-test", "10", "--no-download", *data, *argv],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -206,7 +206,7 @@ def test_ssvae_every_method_runs_on_the_standin(cupy_backend, tmp_path, data_dir
     from experiments import ssvae
     for method in ssvae.METHODS:
         ssvae.main(["--method", method, "--backend", "cupy", "--max-train", "130",
-                    "--max-eval", "32", "--batch-size", "32", "--epochs", "1",
+                    "--max-test", "32", "--batch-size", "32", "--epochs", "1",
                     "--out", str(tmp_path / method), "--data-dir", str(data_dir)])
         assert (tmp_path / method / "metrics.jsonl").is_file()
 
@@ -217,6 +217,6 @@ def test_signal_game_every_method_runs_on_the_standin(cupy_backend, tmp_path):
         sg.main(["--method", method, "--backend", "cupy", "--steps", "4", "--steps-per-epoch",
                  "2", "--n-concepts", "24", "--per-concept", "6", "--feature-dim", "48",
                  "--vocab", "16", "--hidden", "24", "--embedding", "12", "--game-size", "4",
-                 "--batch-size", "16", "--val-games", "32", "--test-games", "32",
+                 "--batch-size", "16", "--val-games", "32", "--max-test", "32",
                  "--out", str(tmp_path / method)])
         assert (tmp_path / method / "metrics.jsonl").is_file()
