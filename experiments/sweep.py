@@ -31,7 +31,6 @@ at the end with their logs and the exit status is 1.  Dask (``pip install
 sparsemarg[sweep]``) is imported only by the dask engine; a task whose worker is lost is
 rescheduled by Dask and resumes from the run's checkpoint.
 """
-import argparse
 import concurrent.futures
 import functools
 import itertools
@@ -45,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import cli_error, make_parser
+from experiments.common import cli_error, make_parser, positive_int
 
 __all__ = ["SpecError", "Run", "load_spec", "expand", "run_state", "run_one", "run_local",
            "run_dask", "main"]
@@ -403,26 +402,16 @@ def build_parser():
     parser.add_argument("--root", required=True, metavar="DIR", help="folder of the run directories")
     parser.add_argument("--engine", choices=("local", "dask"), default="local",
                         help="local: subprocesses on this machine; dask: tasks on a dask.distributed cluster")
-    parser.add_argument("--workers", type=_positive, default=1,
+    parser.add_argument("--workers", type=positive_int, default=1,
                         help="local engine: runs at the same time")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="dask engine: the scheduler's address")
-    parser.add_argument("--threads", type=_positive, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="OPENBLAS/OMP/MKL threads of each run")
     parser.add_argument("--overwrite", action="store_true",
                         help="pass --overwrite to a run that starts afresh in a directory holding files "
                              "other than its own config.json (those are always replaced)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     return parser
-
-
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
 
 
 def main(argv=None):
