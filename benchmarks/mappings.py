@@ -17,6 +17,8 @@ import numpy as np
 from refimpl import (bitvector_oracle, budget_oracle, kbest_bitvectors, sparsemap,
                      sparsemap_vjp, sparsemax, sparsemax_vjp, to_numpy)
 
+from refimpl._faces import capped_projection
+
 from ._timing import backend_or_exit, best_time, machine_line, print_table
 
 
@@ -123,10 +125,7 @@ def bench_topk(xp, Ds, batch, k):
 def _exact_marginal_vjp(T, g, budget):
     """The exact Jacobian of the projection applied to g (mask; less the mean
     over the free set where the budget binds): what a spanning support gives."""
-    mu = np.clip(T, 0, 1) if budget is None else None
-    if budget is not None:
-        from refimpl._faces import capped_projection
-        mu = capped_projection(T, budget)
+    mu = np.clip(T, 0, 1) if budget is None else capped_projection(T, budget)
     free = (mu > 0) & (mu < 1)
     out = np.where(free, g, 0.0)
     if budget is not None:
