@@ -18,10 +18,11 @@ per training example -- mean, median, p10/25/75/90 -- seconds, and the collapse 
 ``frozen_steps``, the fraction of steps whose gradient w.r.t. the encoder scores was
 exactly 0 for the whole batch, and ``single_vertex_rows``, the fraction of examples whose
 support had one assignment; an epoch with every step frozen prints one warning line);
-``best.npz`` / ``last.npz`` checkpoints (atomic); ``test.json`` (test ELBO,
-rate, distortion, calls, NLL in bits/dim by the shared importance-sampling
-estimator -- with its effective sample size per image, ``nll_ess`` -- and by the
-authors' one); PNG plots.  Options a method does not use (``--k`` outside topk,
+``best.npz`` / ``last.npz`` checkpoints (atomic); ``test.json`` (``test_elbo``,
+``test_rate``, ``test_distortion``, ``test_calls_*``, the NLL in bits/dim by the shared
+importance-sampling estimator, ``test_nll_bits_per_dim`` -- with its effective sample size
+per image, ``test_nll_ess`` -- and by the authors' one, ``test_authors_nll_bits_per_dim``;
+``train_seconds``, and ``seconds`` / ``cpu_seconds`` of the test phase); PNG plots.  Options a method does not use (``--k`` outside topk,
 ``--budget`` outside sparsemap-budget, ...) are ignored silently.  ``--resume`` continues from
 ``last.npz`` and reproduces an uninterrupted run exactly on NumPy.
 
@@ -401,16 +402,17 @@ def test(run, data, args, out):
                    progress_desc="test" + (f" (NLL, {args.nll_samples} samples)"
                                            if args.nll_samples else ""))
     result = {"method": args.method, "bits": args.bits, "best_epoch": run.best_epoch,
-              "test_examples": int(data["test"].shape[0]), "elbo": res["elbo"], "rate": res["rate"],
-              "distortion": res["distortion"], **common.summarize_calls(res["calls"], "calls_"),
+              "test_examples": int(data["test"].shape[0]), "test_elbo": res["elbo"],
+              "test_rate": res["rate"], "test_distortion": res["distortion"],
+              **common.summarize_calls(res["calls"], "test_calls_"),
               "nll_samples": args.nll_samples,
               "nll_estimator": ("defensive mixture r = (q + Bernoulli(sigmoid(t)) + uniform)/3"
                                 if args.method in SPARSE else
                                 "defensive mixture r = 2/3 Bernoulli(sigmoid(t)) + 1/3 uniform")
                                + ", uniform prior; logsumexp of importance weights (each <= 3)",
-              "nll_bits_per_dim": res.get("nll_bits_per_dim"), "nll_ess": res.get("nll_ess"),
-              "authors_nll_bits_per_dim": res.get("authors_nll_bits_per_dim"),
-              "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+              "test_nll_bits_per_dim": res.get("nll_bits_per_dim"), "test_nll_ess": res.get("nll_ess"),
+              "test_authors_nll_bits_per_dim": res.get("authors_nll_bits_per_dim"),
+              **common.run_seconds(out / "metrics.jsonl", start, cpu)}
     common.write_json(out / "test.json", result)
     return result
 
@@ -441,9 +443,9 @@ def _main(args, parser, xp, out):
         return 1
     result = test(run, data, args, out)
     plot_run_or_explain(out, sys.stderr, PROG)
-    print(f"test: ELBO {result['elbo']:.2f}, NLL {result['nll_bits_per_dim']} bits/dim "
-          f"(authors' estimator {result['authors_nll_bits_per_dim']}), calls "
-          f"{result['calls_mean']:.2f}", file=sys.stderr)
+    print(f"test: ELBO {result['test_elbo']:.2f}, NLL {result['test_nll_bits_per_dim']} bits/dim "
+          f"(authors' estimator {result['test_authors_nll_bits_per_dim']}), calls "
+          f"{result['test_calls_mean']:.2f}", file=sys.stderr)
     return 0
 
 

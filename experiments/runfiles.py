@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = ["atomic_open", "atomic_write_bytes", "write_json", "read_json",
            "save_checkpoint", "load_checkpoint", "MetricsLog", "read_metrics", "truncate_metrics",
-           "summarize_calls", "progress", "Progress", "RunClock", "format_seconds"]
+           "summarize_calls", "run_seconds", "untimed", "TIMING_KEYS", "progress", "Progress", "RunClock", "format_seconds"]
 
 CHECKPOINT_FORMAT = "sparsemarg-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -262,6 +262,25 @@ def summarize_calls(calls, prefix=""):
     p10, p25, p50, p75, p90 = np.percentile(calls, [10, 25, 50, 75, 90])
     stats = {"mean": calls.mean(), "median": p50, "p10": p10, "p25": p25, "p75": p75, "p90": p90}
     return {prefix + k: float(v) for k, v in stats.items()}
+
+
+# test.json keys that measure time: equal runs differ only in these
+TIMING_KEYS = ("seconds", "cpu_seconds", "train_seconds")
+
+
+def run_seconds(metrics_path, start, cpu_start):
+    """The timing keys of ``test.json``: ``seconds`` / ``cpu_seconds``, the test phase's
+    wall and CPU time since ``start = time.perf_counter()`` / ``cpu_start =
+    time.process_time()``, and ``train_seconds``, the sum of the epochs' ``seconds`` in
+    ``metrics_path`` (training and validation, over every resume)."""
+    train = sum(float(r.get("seconds", 0.0)) for r in read_metrics(metrics_path))
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
+            "train_seconds": train}
+
+
+def untimed(result):
+    """``result`` (a ``test.json`` dict) without :data:`TIMING_KEYS`: what equal runs share."""
+    return {k: v for k, v in result.items() if k not in TIMING_KEYS}
 
 
 # =========================================================================== progress

@@ -55,8 +55,9 @@ sparsemax for sparsemax; one fixed eps per image), ``*_loss_argmax`` (the author
 value: ``-log p(x|h,y) + KL`` at the classifier's argmax) and ``*_calls_*`` (support
 size at evaluation: mean, median, p10/25/75/90, as the bit-VAE's); with ``--warm-start-epochs N`` the first N records have ``phase``
 "warm-start" (labelled loss only; not eligible as the best epoch) and the rest "train".
-``test.json`` holds the test metrics of the epoch with the best validation ELBO, and those
-of the last epoch.
+``test.json`` holds the test metrics (``test_*``) of the epoch with the best validation ELBO,
+those of the last epoch, and the timing keys ``train_seconds`` (the epochs' ``seconds``
+summed), ``seconds`` / ``cpu_seconds`` (the test phase; the test split is scored each epoch).
 """
 import math
 import sys
@@ -367,11 +368,15 @@ def _train(args, parser, log, xp, out):
                   f"val_elbo={record['val_elbo']:.2f} calls={record.get('calls_mean', 0):.2f} "
                   f"run ETA {common.format_seconds(clock.eta() or 0.0)}",
                   file=log, flush=True)
+    # the test split is scored every epoch (inside the epochs' seconds): the test phase
+    # only picks the best epoch's row, so its own seconds are ~0
+    test_start, test_cpu = time.perf_counter(), time.process_time()
     last = common.read_metrics(out / "metrics.jsonl")[-1]
     common.write_json(out / "test.json", {
         "best_epoch": best["epoch"], **{k: v for k, v in best.items() if k.startswith("test_")},
         "last_epoch": last["epoch"],
-        "last": {k: v for k, v in last.items() if k.startswith(("test_", "calls_"))}})
+        "last": {k: v for k, v in last.items() if k.startswith(("test_", "calls_"))},
+        **common.run_seconds(out / "metrics.jsonl", test_start, test_cpu)})
     plot_run_or_explain(out, log)
     print(f"test: accuracy {best.get('test_acc', float('nan')):.4f}, ELBO "
           f"{best.get('test_elbo', float('nan')):.2f} (best epoch {best['epoch']}), calls "

@@ -16,7 +16,7 @@ from experiments.bitvae_model import (NLL_UNIFORM, BitVAE, _importance_weights, 
                                       bit_codes, effective_sample_size, importance_nll,
                                       log_bernoulli, logsumexp, pixel_categorical_nll,
                                       pixel_categorical_nll_reference)
-from experiments.common import load_checkpoint, read_metrics
+from experiments.common import TIMING_KEYS, load_checkpoint, read_metrics
 from nets import Tensor, no_grad
 from nets.estimators import make_estimator
 from refimpl.backend import to_numpy
@@ -326,12 +326,14 @@ def test_smoke_run_writes_every_output_and_learns(cli_runs, method):
         assert 0 <= r["rate"] <= 32 * math.log(2) + 1e-9
     test = json.loads((out / "test.json").read_text())
     assert test["test_examples"] == 16 and test["nll_samples"] == 4
-    assert 0 < test["nll_bits_per_dim"] < 9 and 0 < test["authors_nll_bits_per_dim"] < 9
+    assert 0 < test["test_nll_bits_per_dim"] < 9 and 0 < test["test_authors_nll_bits_per_dim"] < 9
+    assert test["test_elbo"] == pytest.approx(-(test["test_rate"] + test["test_distortion"]))
+    assert test["train_seconds"] == pytest.approx(sum(r["seconds"] for r in m))
     expected_calls = {"sfe": 1, "sfe-plus": 2, "gumbel": 1, "st-gumbel": 1}.get(method)
     if expected_calls:
         assert m[0]["calls_mean"] == expected_calls
     else:
-        assert 1 <= test["calls_p10"] <= test["calls_p90"] <= (10 if method == "topk" else 33)
+        assert 1 <= test["test_calls_p10"] <= test["test_calls_p90"] <= (10 if method == "topk" else 33)
 
 
 def test_collapse_monitor_and_default_encoding_in_the_smoke_runs(cli_runs):
@@ -345,7 +347,7 @@ def test_collapse_monitor_and_default_encoding_in_the_smoke_runs(cli_runs):
                 assert 0.0 <= r["single_vertex_rows"] <= 1.0
             else:
                 assert r["single_vertex_rows"] is None and r["frozen_steps"] == 0.0
-        ess = json.loads((cli_runs[method] / "test.json").read_text())["nll_ess"]
+        ess = json.loads((cli_runs[method] / "test.json").read_text())["test_nll_ess"]
         assert 1.0 <= ess["min"] <= ess["mean"] <= 4 and ess["samples"] == 4
 
 
@@ -453,7 +455,8 @@ def test_resume_reproduces_an_uninterrupted_run(cli_runs, method):
         _assert_identical(ca[key], cb[key], key)
     ta, tb = (json.loads((d / "test.json").read_text()) for d in (a, b))
     for r in (ta, tb):
-        r.pop("seconds"), r.pop("cpu_seconds")
+        for key in TIMING_KEYS:
+            r.pop(key)
     assert ta == tb
 
 

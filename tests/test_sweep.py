@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiments import sweep
+from experiments.common import untimed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "sweeps" / "tiny_signal_game.toml"
@@ -19,8 +20,13 @@ def _runs():
     return sweep.expand(sweep.load_spec(TINY))
 
 
+def _untimed(path):
+    """``test.json`` without its timing keys (equal runs differ only there)."""
+    return untimed(json.loads(Path(path).read_text()))
+
+
 def _tests(root):
-    return {run.name: json.loads((root / run.name / "test.json").read_text()) for run in _runs()}
+    return {run.name: _untimed(root / run.name / "test.json") for run in _runs()}
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +173,7 @@ def test_dask_lost_worker_resumes_from_checkpoint(tmp_path):
     headers = [[line for line in (root / "_logs" / f"{r.name}.log").read_text().splitlines()
                 if line.startswith("# ")] for r in runs]
     assert any(len(h) == 2 and "--resume" in h[1] for h in headers), headers
-    assert _tests(root) == {r.name: json.loads((tmp_path / "local" / r.name / "test.json").read_text())
+    assert _tests(root) == {r.name: _untimed(tmp_path / "local" / r.name / "test.json")
                             for r in runs}
 
 
@@ -179,4 +185,4 @@ def test_crash_before_first_checkpoint_restarts(tmp_path, local_root):
     assert sweep.run_state(run, tmp_path) == ("new", "")
     result = sweep.run_one(run, tmp_path)
     assert result["status"] == "ok" and not result["resumed"]
-    assert json.loads((tmp_path / run.name / "test.json").read_text()) == _tests(local_root)[run.name]
+    assert _untimed(tmp_path / run.name / "test.json") == _tests(local_root)[run.name]
