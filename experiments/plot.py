@@ -14,9 +14,10 @@ import math
 import sys
 from pathlib import Path
 
-from experiments.common import atomic_open, cli_error, make_parser, read_json, read_metrics
+from experiments.common import (atomic_open, cli_error, describe, differing_keys, experiment_of, make_parser,
+                                read_json, read_metrics)
 
-__all__ = ["load_run", "plot_run", "plot_runs", "main"]
+__all__ = ["load_run", "label_runs", "plot_run", "plot_runs", "main"]
 
 CALL_BAND = ("calls_p25", "calls_p75")
 CALL_TAILS = ("calls_p10", "calls_p90")
@@ -24,6 +25,7 @@ ELBO_KEYS = (("train_elbo", "-", "train"), ("val_elbo", "--", "validation"))
 ACC_KEYS = (("train_acc", ":", "train"), ("val_acc", "--", "validation"), ("test_acc", "-", "test"),
             ("val_success", "--", "validation success"))    # signal_game (formerly val_acc)
 FIGURES = ("calls", "elbo", "accuracy", "rate_distortion")
+SHORT_RUN = 30          # series with at most this many points also get a marker at each point
 
 
 # --------------------------------------------------------------------------- reading
@@ -117,6 +119,12 @@ def _save(fig, path):
     return path
 
 
+def _marker(xs):
+    """Matplotlib keywords: a marker per point for short series (one epoch is a point, not
+    an invisible line)."""
+    return {"marker": "o", "markersize": 3} if len(xs) <= SHORT_RUN else {}
+
+
 def _draw_calls(ax, run, color):
     """Median line, p25-p75 band, p10/p90 dotted (mean dashed if no median); True if drawn."""
     m = run["metrics"]
@@ -124,9 +132,9 @@ def _draw_calls(ax, run, color):
     if not xs:
         xs, mean = _series(m, "calls_mean")
         if xs:
-            ax.plot(xs, mean, "--", color=color, label=f"{run['label']} (mean)")
+            ax.plot(xs, mean, "--", color=color, label=f"{run['label']} (mean)", **_marker(xs))
         return bool(xs)
-    ax.plot(xs, med, "-", color=color, label=f"{run['label']} (median)")
+    ax.plot(xs, med, "-", color=color, label=f"{run['label']} (median)", **_marker(xs))
     (bx, lo), (_, hi) = _series(m, CALL_BAND[0]), _series(m, CALL_BAND[1])
     if bx and len(lo) == len(hi) == len(bx):
         ax.fill_between(bx, lo, hi, color=color, alpha=0.25, linewidth=0)
@@ -143,7 +151,7 @@ def _draw_lines(ax, run, color, keys):
     for key, style, name in keys:
         xs, ys = _series(run["metrics"], key)
         if xs:
-            ax.plot(xs, ys, style, color=color, label=f"{run['label']} {name}")
+            ax.plot(xs, ys, style, color=color, label=f"{run['label']} {name}", **_marker(xs))
             drawn = True
     return drawn
 
@@ -234,9 +242,26 @@ def _prefixed(out_prefix, kind):
     return Path(f"{prefix}{sep}{kind}.png")
 
 
+def label_runs(runs):
+    """Set each run's ``label`` for an overlay: its ``config["label"]`` if given, else the
+    config values that differ between the runs (``topk, lr=0.001``), else the directory
+    name.  Raises ValueError when the runs are of different experiments."""
+    kinds = sorted({experiment_of(r["config"]) for r in runs} - {"None"})      # "None": unknown
+    if len(kinds) > 1:
+        listing = "; ".join(f"{r['dir']}: {experiment_of(r['config'])}" for r in runs)
+        raise ValueError(f"the runs mix experiments ({', '.join(kinds)}: {listing}); "
+                         "overlay runs of one experiment")
+    keys = differing_keys([r["config"] for r in runs if r["config"]])
+    for run in runs:
+        given, config = run["config"].get("label"), run["config"]
+        run["label"] = str(given) if given else describe(config, keys) if keys and config else run["dir"].name
+    return runs
+
+
 def plot_runs(run_dirs, out_prefix):
-    """Overlay several runs (one colour each); write ``<out_prefix>_<figure>.png``; return paths."""
-    runs = [load_run(d) for d in run_dirs]
+    """Overlay several runs of one experiment (one colour each, labelled by what differs
+    between them, :func:`label_runs`); write ``<out_prefix>_<figure>.png``; return paths."""
+    runs = label_runs([load_run(d) for d in run_dirs])
     return _write_figures(runs, lambda kind: _prefixed(out_prefix, kind))
 
 

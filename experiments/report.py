@@ -4,7 +4,7 @@
 
 Every directory under ``SWEEP_ROOT`` holding a ``config.json`` is a run (``_logs`` and
 other folders without one are ignored); all runs must be of one experiment.  Runs are
-grouped by ``method`` (and the ``--by`` keys); inside a group a *setting* is one value of
+grouped by ``method`` (and the ``--by`` keys; the bit-VAE also by ``bits``); inside a group a *setting* is one value of
 each hyperparameter, the config keys other than ``seed`` that differ between the runs.
 
 Selection (App. B): per group, the setting with the best mean over seeds of each run's
@@ -16,7 +16,8 @@ Statistics over the seeds of the selected setting: mean, sample standard deviati
 (``ddof=1``; undefined for one seed) and standard error ``std / sqrt(n)`` of each test
 quantity present in ``test.json``, and of the decoder calls (mean, median, quartiles).
 
-Writes ``DIR/report.md`` (tables), ``DIR/report.json`` (the same numbers) and, with
+Writes ``DIR/report.md`` (tables, also in the shape of the paper's Table 1, Fig. 1 right
+and Fig. 2 right: :mod:`experiments.report_paper`), ``DIR/report.json`` (the same numbers) and, with
 matplotlib (``pip install sparsemarg[plot]``), ``DIR/curves_<key>.png`` (validation and
 training curves of the selected settings: mean over seeds with a standard-error band),
 ``DIR/calls.png`` (training decoder calls: median with the mean quartiles) and, for the
@@ -27,7 +28,9 @@ import math
 import sys
 from pathlib import Path
 
-from experiments.common import atomic_open, cli_error, make_parser, read_json, read_metrics
+from experiments.common import (atomic_open, cli_error, differing_keys, experiment_of, make_parser, read_json,
+                                read_metrics)
+from experiments.report_paper import paper_table
 
 __all__ = ["load_sweep", "select", "summarize", "write_report", "main"]
 
@@ -41,17 +44,9 @@ TEST = {
 }
 CALLS = (("calls mean", ("test_calls_mean", "calls_mean")), ("calls median", ("test_calls_median", "calls_median")),
          ("calls p25", ("test_calls_p25", "calls_p25")), ("calls p75", ("test_calls_p75", "calls_p75")))
-NOT_HYPER = {"seed", "label", "out", "resume", "overwrite", "data_dir", "experiment", "argv", "versions",
-             "download", "data", "data_source", "pid", "host", "started"}
-# configs written before they named their experiment: a key only that experiment records
-EXPERIMENT_MARK = (("bits", "bitvae"), ("labeled_only", "ssvae"), ("game_size", "signal_game"))
-
-
-def experiment_of(config):
-    """``config["experiment"]``, else the experiment whose own option the config records."""
-    if config.get("experiment"):
-        return str(config["experiment"])
-    return next((name for key, name in EXPERIMENT_MARK if key in config), "None")
+# group keys besides method and --by: the bit-VAE's latent size is a condition, not a hyperparameter
+GROUP_BY = {"bitvae": ("bits",)}
+NOT_HYPER = {"seed"}            # besides common.BOOKKEEPING_KEYS: seeds are averaged over, not selected
 
 
 class ReportError(ValueError):
@@ -104,12 +99,12 @@ def _hashable(value):
 def _hyperparameters(runs, group_keys):
     """Config keys (other than seeds and the group keys) whose values differ between runs of
     one group (a method's default that differs only between methods is not one)."""
-    keys = sorted({k for r in runs for k in r["config"]} - NOT_HYPER - set(group_keys))
     groups = {}
     for run in runs:
         groups.setdefault(tuple(_hashable(run["config"].get(k)) for k in group_keys), []).append(run)
-    return [key for key in keys
-            if any(len({_hashable(r["config"].get(key)) for r in members}) > 1 for members in groups.values())]
+    ignore = NOT_HYPER | set(group_keys)
+    return sorted({k for members in groups.values()
+                   for k in differing_keys([r["config"] for r in members], ignore=ignore)})
 
 
 def validation_key(experiment, runs):
@@ -147,7 +142,7 @@ def select(experiment, runs, by=()):
     Returns a list of groups ``dict(group, settings, best, hyper)``; a setting is
     ``dict(values, runs, validation)`` (``values``: the hyperparameters' values).
     """
-    group_keys = ("method",) + tuple(by)
+    group_keys = ("method",) + tuple(by) + tuple(k for k in GROUP_BY.get(experiment, ()) if k not in by)
     hyper = _hyperparameters(runs, group_keys)
     key = validation_key(experiment, runs)
     groups = {}
@@ -227,6 +222,7 @@ def markdown(experiment, groups, root):
                     + [_pm(s[c]) if c in s else "—" for c in columns])
     lines += ["## Test results of the selected settings", ""]
     lines += _table(["group", "selected", "seeds", f"mean best {metric}"] + columns, rows)
+    lines += ["", "## In the paper's shape", ""] + paper_table(experiment, groups)
     lines += ["", "## Every setting (validation)", ""]
     rows = []
     for g in groups:

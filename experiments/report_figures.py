@@ -7,6 +7,8 @@ hyperparameters whose selected values differ).
 import math
 from pathlib import Path
 
+from experiments.common import describe, differing_keys
+
 __all__ = ["draw", "legend_labels", "mean_curve"]
 
 CURVES = {"bitvae": ("val_elbo", "train_elbo"), "ssvae": ("val_elbo", "val_acc", "train_elbo"),
@@ -45,9 +47,8 @@ def legend_labels(groups):
     """One label per group with a selection: the keys whose values differ between them."""
     chosen = [g for g in groups if g["best"] is not None]
     items = [{**g["group"], **g["best"]["values"]} for g in chosen]
-    keys = [k for k in (items[0] if items else {}) if len({str(it.get(k)) for it in items}) > 1]
-    keys = keys or ["method"]
-    return [", ".join(f"{it.get(k)}" if k == "method" else f"{k}={it.get(k)}" for k in keys) for it in items]
+    keys = differing_keys(items) or ["method"]
+    return [describe(it, keys) for it in items]
 
 
 def _save(fig, path):

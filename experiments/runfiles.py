@@ -18,7 +18,8 @@ import numpy as np
 
 __all__ = ["atomic_open", "atomic_write_bytes", "write_json", "read_json",
            "save_checkpoint", "load_checkpoint", "MetricsLog", "read_metrics", "truncate_metrics",
-           "summarize_calls", "run_seconds", "untimed", "TIMING_KEYS", "progress", "Progress", "RunClock", "format_seconds"]
+           "summarize_calls", "run_seconds", "untimed", "TIMING_KEYS",
+           "experiment_of", "differing_keys", "describe", "BOOKKEEPING_KEYS", "progress", "Progress", "RunClock", "format_seconds"]
 
 CHECKPOINT_FORMAT = "sparsemarg-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -281,6 +282,43 @@ def run_seconds(metrics_path, start, cpu_start):
 def untimed(result):
     """``result`` (a ``test.json`` dict) without :data:`TIMING_KEYS`: what equal runs share."""
     return {k: v for k, v in result.items() if k not in TIMING_KEYS}
+
+
+# =========================================================================== configs
+
+# config.json keys that say how or where a run ran, not what it computes
+BOOKKEEPING_KEYS = frozenset({"label", "out", "resume", "overwrite", "data_dir", "experiment", "argv",
+                              "versions", "download", "no_download", "data", "data_source", "pid",
+                              "host", "started"})
+# configs written before they named their experiment: a key only that experiment records
+_EXPERIMENT_MARKS = (("bits", "bitvae"), ("labeled_only", "ssvae"), ("game_size", "signal_game"))
+
+
+def experiment_of(config):
+    """``config["experiment"]``, else the experiment whose own option the config records,
+    else ``"None"``."""
+    if config.get("experiment"):
+        return str(config["experiment"])
+    return next((name for key, name in _EXPERIMENT_MARKS if key in config), "None")
+
+
+def _comparable(value):
+    """``value`` in a form ``set`` can hold (lists and dicts as their sorted JSON)."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+def differing_keys(configs, ignore=()):
+    """The keys, sorted (``method`` first), whose values differ between the dicts
+    ``configs``, other than :data:`BOOKKEEPING_KEYS` and ``ignore``; a missing key counts
+    as None."""
+    keys = {k for c in configs for k in c} - BOOKKEEPING_KEYS - set(ignore)
+    diff = [k for k in keys if len({_comparable(c.get(k)) for c in configs}) > 1]
+    return sorted(diff, key=lambda k: (k != "method", k))
+
+
+def describe(config, keys):
+    """``"topk, lr=0.001, seed=43"``: the values of ``keys`` in ``config`` (the method bare)."""
+    return ", ".join(str(config.get(k)) if k == "method" else f"{k}={config.get(k)}" for k in keys)
 
 
 # =========================================================================== progress

@@ -328,10 +328,10 @@ def test_plot_cli_error_is_one_line_without_traceback(tmp_path):
 
 # --------------------------------------------------------------------------- plotting
 
-def _fake_run(root, method, with_rate=True, n_epochs=4):
-    run = root / method
+def _fake_run(root, method, with_rate=True, n_epochs=4, name=None, **config):
+    run = root / (name or method)
     run.mkdir()
-    common.write_json(run / "config.json", {"method": method})
+    common.write_json(run / "config.json", {"method": method, **config})
     with common.MetricsLog(run / "metrics.jsonl", keep_epochs=0) as log:
         for e in range(1, n_epochs + 1):
             rec = {"epoch": e, "train_elbo": -300.0 + 10 * e, "val_elbo": -305.0 + 9 * e}
@@ -374,3 +374,43 @@ def test_plot_runs_overlay_and_cli(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert plot.plot_run(empty) == []
+
+
+def test_plot_overlay_labels_runs_by_what_differs(tmp_path):
+    from experiments import plot
+    runs = [_fake_run(tmp_path, "topk", name=f"r{i}", experiment="bitvae", lr=lr, seed=seed,
+                      out=str(tmp_path / f"r{i}"), versions={"numpy": "x"})
+            for i, (lr, seed) in enumerate([(1e-3, 42), (2e-3, 42), (2e-3, 43)])]
+    labels = [r["label"] for r in plot.label_runs([plot.load_run(d) for d in runs])]
+    assert labels == ["lr=0.001, seed=42", "lr=0.002, seed=42", "lr=0.002, seed=43"]
+    other = _fake_run(tmp_path, "sfe", name="r3", experiment="bitvae", lr=1e-3, seed=42)
+    labels = [r["label"] for r in plot.label_runs([plot.load_run(d) for d in (runs[0], other)])]
+    assert labels == ["topk", "sfe"]                       # only the method differs
+    same = [plot.load_run(runs[1]), plot.load_run(runs[1])]
+    assert [r["label"] for r in plot.label_runs(same)] == ["r1", "r1"]   # nothing differs
+
+
+def test_plot_refuses_to_mix_experiments(tmp_path, capsys):
+    from experiments import plot
+    a = _fake_run(tmp_path, "topk", experiment="bitvae")
+    b = _fake_run(tmp_path, "sparsemax", experiment="signal_game")
+    with pytest.raises(ValueError, match="mix experiments.*bitvae, signal_game"):
+        plot.plot_runs([a, b], tmp_path / "cmp")
+    with pytest.raises(SystemExit) as exc:
+        plot.main([str(a), str(b), "--out", str(tmp_path / "cmp")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "overlay runs of one experiment" in err[0]
+    assert not list(tmp_path.glob("cmp*"))
+
+
+def test_plot_marks_the_points_of_short_runs(tmp_path):
+    pytest.importorskip("matplotlib")
+    from experiments import plot
+    one = plot.load_run(_fake_run(tmp_path, "topk", n_epochs=1))
+    long = plot.load_run(_fake_run(tmp_path, "sfe", n_epochs=plot.SHORT_RUN + 1))
+    fig = plot._figure([one, long], "elbo")
+    markers = {line.get_label(): line.get_marker() for line in fig.axes[0].lines}
+    assert markers["topk train"] == "o" and markers["topk validation"] == "o"   # 1 epoch: a point
+    assert markers["sfe train"] in ("None", None, "")
+    fig = plot._figure([one], "calls")
+    assert fig.axes[0].lines[0].get_marker() == "o"

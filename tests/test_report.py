@@ -78,7 +78,7 @@ def test_selection_and_statistics(tmp_path):
     assert _group(data["groups"], "topk")["selected_runs"] == [
         "topk_lr=0.002_seed=1", "topk_lr=0.002_seed=2", "topk_lr=0.002_seed=3"]
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "| method=topk | lr=0.002 | 3 | -95 | -95.92 ± 1.377 (s.e. 0.79) |" in md
+    assert "| method=topk, bits=8 | lr=0.002 | 3 | -95 | -95.92 ± 1.377 (s.e. 0.79) |" in md
 
 
 def test_unfinished_runs_do_not_count(tmp_path):
@@ -124,7 +124,7 @@ def test_cli_writes_report(tmp_path):
     _write_sweep(tmp_path / "sweep")
     out = _cli(tmp_path / "sweep", "--out", tmp_path / "out", "--no-figures")
     assert out.returncode == 0, out.stderr
-    assert "method=topk: lr=0.002" in out.stdout and (tmp_path / "out" / "report.md").exists()
+    assert "method=topk, bits=8: lr=0.002" in out.stdout and (tmp_path / "out" / "report.md").exists()
 
 
 def test_experiment_inferred_from_config_keys(tmp_path):
@@ -139,3 +139,54 @@ def test_experiment_inferred_from_config_keys(tmp_path):
     assert experiment == "bitvae"
     assert _group(report.select(experiment, runs), "topk")["hyper"] == ["lr"]
     assert report._fmt(4149.4) == "4149" and report._fmt(140.2, 2) == "140" and report._fmt(0.15173) == "0.1517"
+
+
+def _run_dir(root, name, config, metrics, test):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    (d / "test.json").write_text(json.dumps(test))
+
+
+def test_paper_table_bitvae_one_column_pair_per_latent_size(tmp_path):
+    # bits is a condition (a column), not a hyperparameter selected on validation
+    nll = {(32, 1): 3.0, (32, 2): 3.5, (128, 1): 2.5, (128, 2): 2.75}
+    for (bits, seed), value in nll.items():
+        for method, shift in (("topk", 0.0), ("sfe", 1.0)):
+            _run_dir(tmp_path / "sweep", f"{method}_bits={bits}_seed={seed}",
+                     {"experiment": "bitvae", "method": method, "bits": bits, "seed": seed, "lr": 1e-3},
+                     [{"epoch": 1, "val_elbo": -100.0 - bits}],
+                     {"test_elbo": -90.0, "test_nll_bits_per_dim": value + shift, "test_calls_mean": 2.0 + seed})
+    groups, _ = report.write_report(tmp_path / "sweep", tmp_path / "out", figures=False)
+    assert sorted((g["group"]["method"], g["group"]["bits"]) for g in groups) == [
+        ("sfe", 32), ("sfe", 128), ("topk", 32), ("topk", 128)]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| Method | NLL (bits/dim), bits=32 | Dec. calls, bits=32 | seeds | NLL (bits/dim), bits=128 |" in md
+    # topk D=32: mean 3.25, std sqrt(0.125) = 0.35; calls 3 and 4: 3.50 ± 0.71; D=128: 2.625 ± 0.177
+    assert "| Top-k sparsemax | 3.25 ± 0.35 | 3.50 ± 0.71 | 2 | 2.62 ± 0.18 | 3.50 ± 0.71 | 2 |" in md
+    assert "| SFE | 4.25 ± 0.35 |" in md
+    assert md.index("*Monte Carlo*") < md.index("| SFE |") < md.index("*Sparse (proposed)*") < md.index("| Top-k")
+
+
+def test_paper_table_signal_game_and_ssvae_shapes(tmp_path):
+    for seed, (succ, calls) in enumerate([(0.9, 3.0), (0.96, 3.5), (0.93, 2.5)], 1):
+        for method in ("sparsemax", "sfe-01", "my-method"):
+            _run_dir(tmp_path / "game", f"{method}_seed={seed}",
+                     {"experiment": "signal_game", "method": method, "seed": seed},
+                     [{"epoch": 1, "val_success": succ}],
+                     {"test_success": succ, "test_calls_mean": calls if method == "sparsemax" else 1.0})
+        _run_dir(tmp_path / "ss", f"sparsemax_seed={seed}", {"experiment": "ssvae", "method": "sparsemax",
+                                                             "seed": seed},
+                 [{"epoch": 1, "val_elbo": -100.0}],
+                 {"test_acc": succ, "test_elbo": -100.0 - seed, "test_calls_mean": calls})
+    report.write_report(tmp_path / "game", tmp_path / "game_out", figures=False)
+    md = (tmp_path / "game_out" / "report.md").read_text()
+    # success 90, 96, 93 %: mean 93, std 3 (Table 1 reports the std); calls 3 ± 0.5
+    assert "| Sparse (proposed) | 93.00 ± 3.00 | 3.00 ± 0.50 | 3 |" in md
+    assert "| SFE (0/1) | 93.00 ± 3.00 | 1.00 ± 0.00 | 3 |" in md
+    assert md.index("*Marginalization*") < md.index("*Other*") < md.index("| my-method |")
+    report.write_report(tmp_path / "ss", tmp_path / "ss_out", figures=False)
+    md = (tmp_path / "ss_out" / "report.md").read_text()
+    # Fig. 1 reports standard errors: accuracy 3/sqrt(3) = 1.73 %, ELBO -102 ± 1/sqrt(3)
+    assert "| Sparsemax (proposed) | 93.00 ± 1.73 | -102.00 ± 0.58 | 3.00 ± 0.29 | 3 |" in md
