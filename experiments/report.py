@@ -217,7 +217,9 @@ def markdown(experiment, groups, root):
             rows.append([_label(g["group"]), "no finished run", "0"] + ["—"] * (len(columns) + 1))
             continue
         s = g["summary"]
-        rows.append([_label(g["group"]), _label(g["best"]["values"]), g["best"]["validation"]["n"],
+        pending = sum(len(setting["unfinished"]) for setting in g["settings"])
+        chosen = _label(g["best"]["values"]) + (f" (provisional: {pending} runs unfinished)" if pending else "")
+        rows.append([_label(g["group"]), chosen, g["best"]["validation"]["n"],
                      _fmt(g["best"]["validation"]["mean"])]
                     + [_pm(s[c]) if c in s else "—" for c in columns])
     lines += ["## Test results of the selected settings", ""]

@@ -3,6 +3,7 @@ real dask.distributed LocalCluster (2 worker processes); skip-finished, resume-p
 bad specs.  The reference for the results is the local engine's own output (same seeds,
 numpy backend: the runs are deterministic) and the run's own test.json before a resume."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,19 @@ def test_crash_before_first_checkpoint_restarts(tmp_path, local_root):
     result = sweep.run_one(run, tmp_path)
     assert result["status"] == "ok" and not result["resumed"]
     assert _untimed(tmp_path / run.name / "test.json") == _tests(local_root)[run.name]
+
+
+@pytest.mark.parametrize("spec_path", sorted((ROOT / "experiments" / "sweeps").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_committed_specs_expand_with_real_options(spec_path):
+    spec = sweep.load_spec(spec_path)
+    runs = sweep.expand(spec, known_options=sweep._options_cached(spec["experiment"]))
+    grid = 1
+    for values in spec.get("grid", {}).values():
+        grid *= len(values)
+    assert len(runs) == len(spec["methods"]) * grid * len(spec["seeds"])
+    assert len({r.name for r in runs}) == len(runs)
+    stated = [int(n) for n in re.findall(r"= (\d+) runs", spec_path.read_text())]
+    assert stated == [len(runs)] or spec_path.stem.startswith("tiny"), stated   # the header's count
+    if spec_path.stem.endswith("_cpu"):                # the reduced sweeps: >= 3 seeds per method
+        assert len(spec["seeds"]) >= 3
