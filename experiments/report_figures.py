@@ -64,6 +64,7 @@ def draw(experiment, groups, out):
     import matplotlib  # noqa: PLC0415
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
     out = Path(out)
     chosen = [g for g in groups if g["best"] is not None]
     labels = legend_labels(groups)
@@ -79,6 +80,7 @@ def draw(experiment, groups, out):
             ax.fill_between(x, [a - b for a, b in zip(m, se)], [a + b for a, b in zip(m, se)],
                             color=line.get_color(), alpha=0.25, linewidth=0)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(TITLES.get(key, key))
         ax.set_title(f"{experiment}: {TITLES.get(key, key)} (mean ± s.e. over seeds)", fontsize=9)
         ax.legend(fontsize=8)
@@ -93,6 +95,7 @@ def draw(experiment, groups, out):
             if low[0] and high[0] and low[0] == x and high[0] == x:
                 ax.fill_between(x, low[1], high[1], color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("decoder calls per example")
         ax.set_yscale("log")
         ax.set_title(f"{experiment}: training decoder calls, median (band: quartiles; mean over seeds)",
