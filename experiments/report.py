@@ -131,8 +131,11 @@ def stats(values):
 
 
 def best_validation(run, key):
-    """A run's best (largest) validation ``key`` over its epochs, or None."""
-    values = [v for v in (_first(rec, (key,)) for rec in run["metrics"]) if v is not None]
+    """A run's best (largest) validation ``key`` over its epochs, or None; warm-start epochs
+    (``phase == "warm-start"``, the ssVAE's labelled-only start) do not count, as in the run's
+    own choice of its best epoch."""
+    values = [v for v in (_first(rec, (key,)) for rec in run["metrics"] if rec.get("phase") != "warm-start")
+              if v is not None]
     return max(values) if values else None
 
 

@@ -193,3 +193,9 @@ def test_paper_table_signal_game_and_ssvae_shapes(tmp_path):
     md = (tmp_path / "ss_out" / "report.md").read_text()
     # Fig. 1 reports standard errors: accuracy 3/sqrt(3) = 1.73 %, ELBO -102 ± 1/sqrt(3)
     assert "| Sparsemax (proposed) | 93.00 ± 1.73 | -102.00 ± 0.58 | 3.00 ± 0.29 | 3 |" in md
+
+
+def test_warm_start_epochs_do_not_count_for_selection():
+    run = {"metrics": [{"epoch": 1, "phase": "warm-start", "val_elbo": -10.0},
+                       {"epoch": 2, "phase": "train", "val_elbo": -50.0}, {"epoch": 3, "val_elbo": -40.0}]}
+    assert report.best_validation(run, "val_elbo") == -40.0
