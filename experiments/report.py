@@ -14,7 +14,8 @@ ties go to the setting listed first.  Only finished runs (``test.json`` present)
 
 Statistics over the seeds of the selected setting: mean, sample standard deviation
 (``ddof=1``; undefined for one seed) and standard error ``std / sqrt(n)`` of each test
-quantity present in ``test.json``, and of the decoder calls (mean, median, quartiles).
+quantity present in ``test.json``, of the decoder calls (mean, median, quartiles) and of the
+training wall time (``train_seconds``).
 
 Writes ``DIR/report.md`` (tables, also in the shape of the paper's Table 1, Fig. 1 right
 and Fig. 2 right: :mod:`experiments.report_paper`), ``DIR/report.json`` (the same numbers) and, with
@@ -44,6 +45,8 @@ TEST = {
 }
 CALLS = (("calls mean", ("test_calls_mean", "calls_mean")), ("calls median", ("test_calls_median", "calls_median")),
          ("calls p25", ("test_calls_p25", "calls_p25")), ("calls p75", ("test_calls_p75", "calls_p75")))
+# the epochs' wall seconds (test.json train_seconds): what each method cost on the sweep's machine
+TIMING = (("train seconds", ("train_seconds",)),)
 # group keys besides method and --by: the bit-VAE's latent size is a condition, not a hyperparameter
 GROUP_BY = {"bitvae": ("bits",)}
 NOT_HYPER = {"seed"}            # besides common.BOOKKEEPING_KEYS: seeds are averaged over, not selected
@@ -172,7 +175,7 @@ def summarize(experiment, setting):
     """Test statistics over the finished seeds of one setting: ``{column: stats}``."""
     finished = [r for r in setting["runs"] if r["test"] is not None]
     out = {}
-    for column, keys in TEST[experiment] + CALLS:
+    for column, keys in TEST[experiment] + CALLS + TIMING:
         values = [v for v in (_first(r["test"], keys) for r in finished) if v is not None]
         if values:
             out[column] = stats(values)
@@ -212,7 +215,7 @@ def markdown(experiment, groups, root):
              f"{' and '.join(groups[0]['group']) if groups else 'method'}: the setting with the best mean "
              f"over seeds of the best `{metric}`; then test statistics over its seeds (mean ± sample std, "
              "standard error).", ""]
-    columns = [c for c, _ in TEST[experiment] + CALLS
+    columns = [c for c, _ in TEST[experiment] + CALLS + TIMING
                if any(g["best"] and c in g["summary"] for g in groups)]
     rows = []
     for g in groups:

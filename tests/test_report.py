@@ -178,7 +178,8 @@ def test_paper_table_signal_game_and_ssvae_shapes(tmp_path):
             _run_dir(tmp_path / "game", f"{method}_seed={seed}",
                      {"experiment": "signal_game", "method": method, "seed": seed},
                      [{"epoch": 1, "val_success": succ}],
-                     {"test_success": succ, "test_calls_mean": calls if method == "sparsemax" else 1.0})
+                     {"test_success": succ, "test_calls_mean": calls if method == "sparsemax" else 1.0,
+                      "train_seconds": 10.0 * seed})
         _run_dir(tmp_path / "ss", f"sparsemax_seed={seed}", {"experiment": "ssvae", "method": "sparsemax",
                                                              "seed": seed},
                  [{"epoch": 1, "val_elbo": -100.0}],
@@ -189,6 +190,8 @@ def test_paper_table_signal_game_and_ssvae_shapes(tmp_path):
     assert "| Sparse (proposed) | 93.00 ± 3.00 | 3.00 ± 0.50 | 3 |" in md
     assert "| SFE (0/1) | 93.00 ± 3.00 | 1.00 ± 0.00 | 3 |" in md
     assert md.index("*Marginalization*") < md.index("*Other*") < md.index("| my-method |")
+    assert "| success | calls mean | calls median | calls p25 | calls p75 | train seconds |" in md
+    assert md.count("| 20 ± 10 (s.e. 5.8) |") == 3               # train seconds 10, 20, 30
     report.write_report(tmp_path / "ss", tmp_path / "ss_out", figures=False)
     md = (tmp_path / "ss_out" / "report.md").read_text()
     # Fig. 1 reports standard errors: accuracy 3/sqrt(3) = 1.73 %, ELBO -102 ± 1/sqrt(3)
