@@ -108,15 +108,13 @@ def build_parser():
                    help="importance samples per test image for the NLL (0: skip the NLL)")
     p.add_argument("--max-test", type=common.positive_int, default=None,
                    help="evaluate only the first N test images (quick runs)")
-    p.add_argument("--eval-batch-size", type=common.positive_int, default=256,
-                   help="examples per batch for validation and test")
     p.add_argument("--gumbel-rate", type=common.positive_float, default=None,
                    help="Gumbel temperature tau = max(0.5, exp(-rate * step)), step rounded down "
                         "to a multiple of 1000 (default: the authors' per D, 1e-5 for D <= 64 and "
                         "1e-4 above)")
-    p.add_argument("--log-every", type=common.positive_int, default=50,
-                   help="steps between progress-bar updates and loss checks (on a GPU, 2 host "
-                        "syncs each; every step also has 1, the estimator's input check)")
+    common.add_eval_args(p, eval_batch_size=256, eval_help="examples per batch for validation and test",
+                         log_help="steps between progress-bar updates and loss checks (on a GPU, 2 "
+                                  "host syncs each; every step also has 1, the estimator's input check)")
     for action in p._actions:
         if action.dest == "batch_size":
             action.help = "batch size (default: the paper's value for the method and D)"

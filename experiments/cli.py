@@ -9,7 +9,7 @@ from pathlib import Path
 
 __all__ = ["make_parser", "add_common_args", "add_backend_arg", "add_seed_arg", "add_out_arg",
            "add_data_dir_arg", "add_resume_arg", "add_training_args", "add_max_train_arg",
-           "add_dtype_arg", "add_sfe_plus_baseline_arg", "add_argument_with_alias", "cli_error", "positive_int",
+           "add_dtype_arg", "add_eval_args", "add_sfe_plus_baseline_arg", "add_argument_with_alias", "cli_error", "positive_int",
            "nonnegative_int", "int_at_least", "positive_float", "nonnegative_float", "select_backend", "prepare_out_dir"]
 
 
@@ -178,6 +178,14 @@ def add_dtype_arg(parser, default="float32"):
     """``--dtype {float32,float64}``."""
     parser.add_argument("--dtype", choices=("float32", "float64"), default=default,
                         help="floating-point precision of parameters and activations")
+
+
+def add_eval_args(parser, *, eval_batch_size, eval_help,
+                  log_help="steps between progress lines when stderr is not a terminal"):
+    """``--eval-batch-size N`` (``eval_help`` says what a batch holds) and ``--log-every N``."""
+    parser.add_argument("--eval-batch-size", metavar="N", type=positive_int, default=eval_batch_size,
+                        help=eval_help)
+    parser.add_argument("--log-every", metavar="N", type=positive_int, default=50, help=log_help)
 
 
 def add_sfe_plus_baseline_arg(parser):

@@ -403,10 +403,7 @@ def build_parser():
     p.add_argument("--activation", choices=("tanh", "relu"), default="tanh", help="sender nonlinearity")
     p.add_argument("--sender-temperature", type=common.positive_float, default=10.0,
                    help="sender logits are divided by this")
-    p.add_argument("--eval-batch-size", metavar="N", type=common.positive_int, default=512,
-                   help="games per batch for validation and test")
-    p.add_argument("--log-every", metavar="N", type=common.positive_int, default=50,
-                   help="steps between progress lines when stderr is not a terminal")
+    common.add_eval_args(p, eval_batch_size=512, eval_help="games per batch for validation and test")
     p.add_argument("--val-games", type=common.positive_int, default=1024,
                    help="fixed validation games (drawn in order from the validation seed)")
     common.add_argument_with_alias(p, "--max-test", "--test-games", metavar="N",

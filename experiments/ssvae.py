@@ -406,10 +406,8 @@ def build_parser():
                                    type=common.positive_int, default=None,
                                    help="evaluate on the first N validation and N test images only "
                                         "(at most 10000)")
-    p.add_argument("--eval-batch-size", metavar="N", type=common.positive_int, default=1000,
-                   help="images per batch for validation and test (results do not depend on it)")
-    p.add_argument("--log-every", metavar="N", type=common.positive_int, default=50,
-                   help="steps between progress lines when stderr is not a terminal")
+    common.add_eval_args(p, eval_batch_size=1000,
+                         eval_help="images per batch for validation and test (results do not depend on it)")
     p.add_argument("--split-seed", type=common.nonnegative_int, default=0,
                    help="seed of the validation/labelled/unlabelled split (same for all runs)")
     p.add_argument("--temperature", type=common.positive_float, default=1.0,
