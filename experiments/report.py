@@ -4,8 +4,9 @@
 
 Every directory under ``SWEEP_ROOT`` holding a ``config.json`` is a run (``_logs`` and
 other folders without one are ignored); all runs must be of one experiment.  Runs are
-grouped by ``method`` (and the ``--by`` keys; the bit-VAE also by ``bits``); inside a group a *setting* is one value of
-each hyperparameter, the config keys other than ``seed`` that differ between the runs.
+grouped by ``method`` (and the ``--by`` keys; the bit-VAE also by ``bits``); inside a group a
+*setting* is one value of each hyperparameter, the config keys other than ``seed`` that differ
+between the runs.
 
 Selection (App. B): per group, the setting with the best mean over seeds of each run's
 best validation value -- validation ELBO (``val_elbo``) for bitvae and ssvae, validation
@@ -29,8 +30,8 @@ import math
 import sys
 from pathlib import Path
 
-from experiments.common import (atomic_open, cli_error, differing_keys, experiment_of, make_parser, read_json,
-                                read_metrics)
+from experiments.common import (atomic_open, cli_error, comparable, differing_keys, experiment_of, make_parser,
+                                read_json, read_metrics)
 from experiments.report_paper import paper_table
 
 __all__ = ["load_sweep", "select", "summarize", "write_report", "main"]
@@ -95,16 +96,12 @@ def _first(record, keys):
     return None
 
 
-def _hashable(value):
-    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
-
-
 def _hyperparameters(runs, group_keys):
     """Config keys (other than seeds and the group keys) whose values differ between runs of
     one group (a method's default that differs only between methods is not one)."""
     groups = {}
     for run in runs:
-        groups.setdefault(tuple(_hashable(run["config"].get(k)) for k in group_keys), []).append(run)
+        groups.setdefault(tuple(comparable(run["config"].get(k)) for k in group_keys), []).append(run)
     ignore = NOT_HYPER | set(group_keys)
     return sorted({k for members in groups.values()
                    for k in differing_keys([r["config"] for r in members], ignore=ignore)})
@@ -153,8 +150,8 @@ def select(experiment, runs, by=()):
     key = validation_key(experiment, runs)
     groups = {}
     for run in runs:
-        gkey = tuple(_hashable(run["config"].get(k)) for k in group_keys)
-        skey = tuple(_hashable(run["config"].get(k)) for k in hyper)
+        gkey = tuple(comparable(run["config"].get(k)) for k in group_keys)
+        skey = tuple(comparable(run["config"].get(k)) for k in hyper)
         groups.setdefault(gkey, {}).setdefault(skey, []).append(run)
     result = []
     for gkey, settings in groups.items():

@@ -52,8 +52,8 @@ def _columns(groups):
         rest = {k: v for k, v in g["group"].items() if k != "method"}
         if rest not in seen:
             seen.append(rest)
-    order = lambda split: tuple((not isinstance(v, (int, float)), v if isinstance(v, (int, float)) else str(v))  # noqa: E731
-                                for v in split.values())
+    def order(split):
+        return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in split.values())
     return sorted(seen, key=order)
 
 

@@ -19,7 +19,8 @@ import numpy as np
 __all__ = ["atomic_open", "atomic_write_bytes", "write_json", "read_json",
            "save_checkpoint", "load_checkpoint", "MetricsLog", "read_metrics", "truncate_metrics",
            "summarize_calls", "run_seconds", "untimed", "TIMING_KEYS",
-           "experiment_of", "differing_keys", "describe", "BOOKKEEPING_KEYS", "progress", "Progress", "RunClock", "format_seconds"]
+           "experiment_of", "comparable", "differing_keys", "describe", "BOOKKEEPING_KEYS",
+           "progress", "Progress", "RunClock", "format_seconds"]
 
 CHECKPOINT_FORMAT = "sparsemarg-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -302,7 +303,7 @@ def experiment_of(config):
     return next((name for key, name in _EXPERIMENT_MARKS if key in config), "None")
 
 
-def _comparable(value):
+def comparable(value):
     """``value`` in a form ``set`` can hold (lists and dicts as their sorted JSON)."""
     return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
 
@@ -312,7 +313,7 @@ def differing_keys(configs, ignore=()):
     ``configs``, other than :data:`BOOKKEEPING_KEYS` and ``ignore``; a missing key counts
     as None."""
     keys = {k for c in configs for k in c} - BOOKKEEPING_KEYS - set(ignore)
-    diff = [k for k in keys if len({_comparable(c.get(k)) for c in configs}) > 1]
+    diff = [k for k in keys if len({comparable(c.get(k)) for c in configs}) > 1]
     return sorted(diff, key=lambda k: (k != "method", k))
 
 
