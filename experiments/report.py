@@ -169,13 +169,19 @@ def select(experiment, runs, by=()):
 
 
 def summarize(experiment, setting):
-    """Test statistics over the finished seeds of one setting: ``{column: stats}``."""
+    """Test statistics over the finished seeds of one setting: ``{column: stats}``, and
+    ``"train calls"``: the decoder calls per training example in each run's last epoch
+    (``calls_mean`` of its last ``metrics.jsonl`` record; the paper's Fig. 1 and 3 count these)."""
     finished = [r for r in setting["runs"] if r["test"] is not None]
     out = {}
     for column, keys in TEST[experiment] + CALLS + TIMING:
         values = [v for v in (_first(r["test"], keys) for r in finished) if v is not None]
         if values:
             out[column] = stats(values)
+    last = [v for v in (_first(r["metrics"][-1], ("calls_mean",)) for r in finished if r["metrics"])
+            if v is not None]
+    if last:
+        out["train calls"] = stats(last)
     return out
 
 
@@ -212,7 +218,7 @@ def markdown(experiment, groups, root):
              f"{' and '.join(groups[0]['group']) if groups else 'method'}: the setting with the best mean "
              f"over seeds of the best `{metric}`; then test statistics over its seeds (mean ± sample std, "
              "standard error).", ""]
-    columns = [c for c, _ in TEST[experiment] + CALLS + TIMING
+    columns = [c for c in [c for c, _ in TEST[experiment] + CALLS] + ["train calls"] + [c for c, _ in TIMING]
                if any(g["best"] and c in g["summary"] for g in groups)]
     rows = []
     for g in groups:
