@@ -1,6 +1,6 @@
 """Model selection and test statistics of a sweep, as the paper's App. B, in Markdown and PNG.
 
-    python -m experiments.report SWEEP_ROOT --out DIR [--by bits]
+    python -m experiments.report SWEEP_ROOT [SWEEP_ROOT ...] --out DIR [--by KEY]
 
 Every directory under ``SWEEP_ROOT`` holding a ``config.json`` is a run (``_logs`` and
 other folders without one are ignored); all runs must be of one experiment.  Runs are
@@ -60,21 +60,28 @@ class ReportError(ValueError):
 # =========================================================================== reading
 
 def load_sweep(root):
-    """``(experiment, runs)``: runs are dicts ``name, dir, config, metrics, test`` sorted by name."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ReportError(f"sweep root {str(root)!r} is not a directory")
+    """``(experiment, runs)`` of one sweep root or a list of them (e.g. the D = 32 and D = 128
+    bit-VAE sweeps, for one table): runs are dicts ``name, dir, config, metrics, test`` sorted by
+    name; with several roots a run's name is ``<root's name>/<run>``."""
+    roots = [Path(r) for r in ([root] if isinstance(root, (str, Path)) else root)]
     runs = []
-    for path in sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()):
-        try:
-            config = read_json(path / "config.json")
-            test = read_json(path / "test.json") if (path / "test.json").exists() else None
-            metrics = read_metrics(path / "metrics.jsonl")
-        except ValueError as exc:
-            raise ReportError(f"{path}: unreadable run files ({exc})") from None
-        runs.append({"name": path.name, "dir": str(path), "config": config, "metrics": metrics, "test": test})
+    for base in roots:
+        if not base.is_dir():
+            raise ReportError(f"sweep root {str(base)!r} is not a directory")
+        for path in sorted(p for p in base.iterdir() if p.is_dir() and (p / "config.json").exists()):
+            try:
+                config = read_json(path / "config.json")
+                test = read_json(path / "test.json") if (path / "test.json").exists() else None
+                metrics = read_metrics(path / "metrics.jsonl")
+            except ValueError as exc:
+                raise ReportError(f"{path}: unreadable run files ({exc})") from None
+            name = path.name if len(roots) == 1 else f"{base.name}/{path.name}"
+            runs.append({"name": name, "dir": str(path), "config": config, "metrics": metrics, "test": test})
+    root = ", ".join(str(r) for r in roots)
     if not runs:
-        raise ReportError(f"no run directory (with config.json) under {str(root)!r}")
+        raise ReportError(f"no run directory (with config.json) under {root!r}")
+    if len({r["name"] for r in runs}) < len(runs):
+        raise ReportError(f"the sweep roots {root} share a folder name; give them different names")
     kinds = sorted({experiment_of(r["config"]) for r in runs})
     if len(kinds) > 1:
         raise ReportError(f"{root} mixes experiments {', '.join(kinds)}; report one sweep at a time")
@@ -214,7 +221,8 @@ def _table(header, rows):
 def markdown(experiment, groups, root):
     """The report's Markdown text."""
     metric = groups[0]["validation_key"] if groups else VALIDATION[experiment][0]
-    lines = [f"# Sweep report: {experiment}", "", f"Runs under `{root}`. Selection per "
+    where = ", ".join(f"`{r}`" for r in ([root] if isinstance(root, (str, Path)) else root))
+    lines = [f"# Sweep report: {experiment}", "", f"Runs under {where}. Selection per "
              f"{' and '.join(groups[0]['group']) if groups else 'method'}: the setting with the best mean "
              f"over seeds of the best `{metric}`; then test statistics over its seeds (mean ± sample std, "
              "standard error).", ""]
@@ -285,7 +293,9 @@ def write_report(root, out, by=(), figures=True):
 
 def main(argv=None):
     parser = make_parser(__doc__.split("\n\n")[0], prog="python -m experiments.report")
-    parser.add_argument("root", metavar="SWEEP_ROOT", help="the --root of a sweep")
+    parser.add_argument("root", metavar="SWEEP_ROOT", nargs="+",
+                        help="the --root of a sweep (several: one report over their runs, e.g. the "
+                             "bit-VAE's D = 32 and D = 128 sweeps)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, report.json, PNGs")
     parser.add_argument("--by", action="append", default=[], metavar="KEY",
                         help="config key that splits groups besides method, e.g. bits (repeatable)")

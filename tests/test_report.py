@@ -206,3 +206,25 @@ def test_warm_start_epochs_do_not_count_for_selection():
     run = {"metrics": [{"epoch": 1, "phase": "warm-start", "val_elbo": -10.0},
                        {"epoch": 2, "phase": "train", "val_elbo": -50.0}, {"epoch": 3, "val_elbo": -40.0}]}
     assert report.best_validation(run, "val_elbo") == -40.0
+
+
+def test_several_roots_make_one_report(tmp_path):
+    # the D = 32 and D = 128 sweeps have the same run names: one table with a column pair each
+    for bits in (32, 128):
+        for seed in (1, 2):
+            _run_dir(tmp_path / f"d{bits}", f"topk_seed={seed}",
+                     {"experiment": "bitvae", "method": "topk", "bits": bits, "seed": seed},
+                     [{"epoch": 1, "val_elbo": -100.0}], {"test_nll_bits_per_dim": bits / 10 + seed})
+    groups, _ = report.write_report([tmp_path / "d32", tmp_path / "d128"], tmp_path / "out", figures=False)
+    assert sorted(g["group"]["bits"] for g in groups) == [32, 128]
+    d128 = next(g for g in groups if g["group"]["bits"] == 128)
+    assert [r["name"] for r in d128["best"]["runs"]] == ["d128/topk_seed=1", "d128/topk_seed=2"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"Runs under `{tmp_path / 'd32'}`, `{tmp_path / 'd128'}`." in md
+    assert "| Top-k sparsemax | 4.70 ± 0.71 | — | 2 | 14.30 ± 0.71 | — | 2 |" in md
+    out = _cli(tmp_path / "d32", tmp_path / "d128", "--out", tmp_path / "cli", "--no-figures")
+    assert out.returncode == 0 and "method=topk, bits=128: —" in out.stdout, out.stderr
+    (tmp_path / "x" / "d32").mkdir(parents=True)
+    with pytest.raises(report.ReportError, match="share a folder name"):
+        _run_dir(tmp_path / "x" / "d32", "topk_seed=1", {"experiment": "bitvae", "method": "topk"}, [], {})
+        report.load_sweep([tmp_path / "d32", tmp_path / "x" / "d32"])
