@@ -59,11 +59,16 @@ class ReportError(ValueError):
 
 # =========================================================================== reading
 
+def _roots(root):
+    """``root`` (one path, or a list of them) as a list of Paths."""
+    return [Path(r) for r in ([root] if isinstance(root, (str, Path)) else root)]
+
+
 def load_sweep(root):
     """``(experiment, runs)`` of one sweep root or a list of them (e.g. the D = 32 and D = 128
     bit-VAE sweeps, for one table): runs are dicts ``name, dir, config, metrics, test`` sorted by
     name; with several roots a run's name is ``<root's name>/<run>``."""
-    roots = [Path(r) for r in ([root] if isinstance(root, (str, Path)) else root)]
+    roots = _roots(root)
     runs = []
     for base in roots:
         if not base.is_dir():
@@ -221,13 +226,13 @@ def _table(header, rows):
 def markdown(experiment, groups, root):
     """The report's Markdown text."""
     metric = groups[0]["validation_key"] if groups else VALIDATION[experiment][0]
-    where = ", ".join(f"`{r}`" for r in ([root] if isinstance(root, (str, Path)) else root))
+    where = ", ".join(f"`{r}`" for r in _roots(root))
     lines = [f"# Sweep report: {experiment}", "", f"Runs under {where}. Selection per "
              f"{' and '.join(groups[0]['group']) if groups else 'method'}: the setting with the best mean "
              f"over seeds of the best `{metric}`; then test statistics over its seeds (mean ± sample std, "
              "standard error).", ""]
-    columns = [c for c in [c for c, _ in TEST[experiment] + CALLS] + ["train calls"] + [c for c, _ in TIMING]
-               if any(g["best"] and c in g["summary"] for g in groups)]
+    names = [c for c, _ in TEST[experiment] + CALLS] + ["train calls"] + [c for c, _ in TIMING]
+    columns = [c for c in names if any(g["best"] and c in g["summary"] for g in groups)]
     rows = []
     for g in groups:
         if g["best"] is None:
@@ -235,7 +240,8 @@ def markdown(experiment, groups, root):
             continue
         s = g["summary"]
         pending = sum(len(setting["unfinished"]) for setting in g["settings"])
-        chosen = _label(g["best"]["values"]) + (f" (provisional: {pending} runs unfinished)" if pending else "")
+        chosen = _label(g["best"]["values"]) + (
+            f" (provisional: {pending} unfinished run{'s' if pending > 1 else ''})" if pending else "")
         rows.append([_label(g["group"]), chosen, g["best"]["validation"]["n"],
                      _fmt(g["best"]["validation"]["mean"])]
                     + [_pm(s[c]) if c in s else "—" for c in columns])

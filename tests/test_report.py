@@ -90,7 +90,7 @@ def test_unfinished_runs_do_not_count(tmp_path):
     assert best["validation"]["mean"] == pytest.approx(-95.5, abs=1e-12)
     md = (tmp_path / "out" / "report.md").read_text()
     assert "topk_lr=0.002_seed=1" in md
-    assert "| method=topk, bits=8 | lr=0.002 (provisional: 1 runs unfinished) | 2 |" in md
+    assert "| method=topk, bits=8 | lr=0.002 (provisional: 1 unfinished run) | 2 |" in md
     assert "| method=sfe, bits=8 | lr=0.001 | 2 |" in md
 
 
