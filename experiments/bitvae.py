@@ -22,8 +22,9 @@ support had one assignment; an epoch with every step frozen prints one warning l
 ``test_rate``, ``test_distortion``, ``test_calls_*``, the NLL in bits/dim by the shared
 importance-sampling estimator, ``test_nll_bits_per_dim`` -- with its effective sample size
 per image, ``test_nll_ess`` -- and by the authors' one, ``test_authors_nll_bits_per_dim``;
-``train_seconds``, and ``seconds`` / ``cpu_seconds`` of the test phase); PNG plots.  Options a method does not use (``--k`` outside topk,
-``--budget`` outside sparsemap-budget, ...) are ignored silently.  ``--resume`` continues from
+``train_seconds``, and ``seconds`` / ``cpu_seconds`` of the test phase); PNG plots.  Options a
+method does not use (``--k`` outside topk, ``--budget`` outside sparsemap-budget, ...) are ignored
+silently.  ``--resume`` continues from
 ``last.npz`` and reproduces an uninterrupted run exactly on NumPy.
 
 BLAS threads: run as a script, OPENBLAS_NUM_THREADS defaults to 1 (set it to
@@ -410,7 +411,7 @@ def test(run, data, args, out):
                                + ", uniform prior; logsumexp of importance weights (each <= 3)",
               "test_nll_bits_per_dim": res.get("nll_bits_per_dim"), "test_nll_ess": res.get("nll_ess"),
               "test_authors_nll_bits_per_dim": res.get("authors_nll_bits_per_dim"),
-              **common.run_seconds(out / "metrics.jsonl", start, cpu)}
+              **common.run_seconds(common.read_metrics(out / "metrics.jsonl"), start, cpu)}
     common.write_json(out / "test.json", result)
     return result
 

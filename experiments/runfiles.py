@@ -270,12 +270,12 @@ def summarize_calls(calls, prefix=""):
 TIMING_KEYS = ("seconds", "cpu_seconds", "train_seconds")
 
 
-def run_seconds(metrics_path, start, cpu_start):
+def run_seconds(records, start, cpu_start):
     """The timing keys of ``test.json``: ``seconds`` / ``cpu_seconds``, the test phase's
     wall and CPU time since ``start = time.perf_counter()`` / ``cpu_start =
     time.process_time()``, and ``train_seconds``, the sum of the epochs' ``seconds`` in
-    ``metrics_path`` (training and validation, over every resume)."""
-    train = sum(float(r.get("seconds", 0.0)) for r in read_metrics(metrics_path))
+    ``records`` (the run's :func:`read_metrics`: training and validation, over every resume)."""
+    train = sum(float(r.get("seconds", 0.0)) for r in records)
     return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start,
             "train_seconds": train}
 

@@ -326,7 +326,8 @@ def _train(args, parser, log, xp, out):
                   file=log, flush=True)
     test_start, test_cpu = time.perf_counter(), time.process_time()
     result = _test(game, args, x, test, out, best)
-    result.update(common.run_seconds(out / "metrics.jsonl", test_start, test_cpu))
+    result.update(common.run_seconds(common.read_metrics(out / "metrics.jsonl"), test_start,
+                                     test_cpu))
     common.write_json(out / "test.json", result)
     plot_run_or_explain(out, log)
     print(f"test: success {result.get('test_success', float('nan')):.4f} (best step "

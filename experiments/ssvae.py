@@ -371,12 +371,13 @@ def _train(args, parser, log, xp, out):
     # the test split is scored every epoch (inside the epochs' seconds): the test phase
     # only picks the best epoch's row, so its own seconds are ~0
     test_start, test_cpu = time.perf_counter(), time.process_time()
-    last = common.read_metrics(out / "metrics.jsonl")[-1]
+    records = common.read_metrics(out / "metrics.jsonl")
+    last = records[-1]
     common.write_json(out / "test.json", {
         "best_epoch": best["epoch"], **{k: v for k, v in best.items() if k.startswith("test_")},
         "last_epoch": last["epoch"],
         "last": {k: v for k, v in last.items() if k.startswith(("test_", "calls_"))},
-        **common.run_seconds(out / "metrics.jsonl", test_start, test_cpu)})
+        **common.run_seconds(records, test_start, test_cpu)})
     plot_run_or_explain(out, log)
     print(f"test: accuracy {best.get('test_acc', float('nan')):.4f}, ELBO "
           f"{best.get('test_elbo', float('nan')):.2f} (best epoch {best['epoch']}), calls "
