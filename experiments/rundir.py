@@ -18,19 +18,21 @@ import os
 from pathlib import Path
 
 from .cli import cli_error, prepare_out_dir
+from .runfiles import read_json
 
-__all__ = ["RUN_FILES", "LOCK_NAME", "run_directory", "lock_run_dir", "RunLock",
-           "stale_temp_files", "clear_run_files", "resume_checkpoint", "renamed_config",
-           "RENAMED_OPTIONS"]
+__all__ = ["RUN_FILES", "LOCK_NAME", "CHECKPOINTS", "run_directory", "lock_run_dir", "RunLock",
+           "stale_temp_files", "clear_run_files", "resume_checkpoint", "check_resume",
+           "renamed_config", "RENAMED_OPTIONS"]
 
 LOCK_NAME = ".lock"
 # Every file a run writes into --out (checkpoint.npz: the ssvae/signal_game checkpoint
 # before it was renamed last.npz; still cleared, and still resumed from).
 RUN_FILES = ("config.json", "metrics.jsonl", "test.json", "best.npz", "last.npz",
              "checkpoint.npz", "calls.png", "elbo.png", "accuracy.png", "rate_distortion.png")
-# Files whose presence means "this directory holds a run".
-_RUN_MARKERS = ("config.json", "metrics.jsonl", "test.json", "best.npz", "last.npz",
-                "checkpoint.npz")
+# Files whose presence means "this directory holds a run": all but the plots.
+_RUN_MARKERS = tuple(name for name in RUN_FILES if not name.endswith(".png"))
+# What --resume continues from, in order of preference.
+CHECKPOINTS = ("last.npz", "checkpoint.npz")
 
 
 # Config keys renamed with their options (old -> new); the old name is a deprecated alias.
@@ -40,10 +42,22 @@ RENAMED_OPTIONS = {"max_eval": "max_test", "test_games": "max_test"}
 def resume_checkpoint(out):
     """The checkpoint ``--resume`` continues from: ``out/last.npz``, else the
     ``checkpoint.npz`` of a run written before the rename; ``None`` if neither exists."""
-    for name in ("last.npz", "checkpoint.npz"):
+    for name in CHECKPOINTS:
         if (Path(out) / name).is_file():
             return Path(out) / name
     return None
+
+
+def check_resume(out, config, parser_or_prog, length_key):
+    """Exit 2 (one line) unless ``out`` can be resumed with ``config``: a checkpoint is there
+    and the saved ``config.json`` (old option names renamed) equals ``config`` in every key
+    but ``length_key`` (``epochs`` / ``steps``: a resumed run may train longer)."""
+    if resume_checkpoint(out) is None:
+        cli_error(parser_or_prog, f"--resume: no checkpoint (last.npz) in {out}; run without --resume")
+    old = renamed_config(read_json(Path(out) / "config.json"))
+    diff = sorted(k for k in config if k != length_key and old.get(k) != config[k])
+    if diff:
+        cli_error(parser_or_prog, f"--resume: options differ from the saved run in {diff}")
 
 
 def renamed_config(config):
@@ -92,7 +106,6 @@ def stale_temp_files(out):
     for name in RUN_FILES:
         stem, suffix = os.path.splitext(name)
         found += out.glob(f".{stem}.*{suffix}.tmp")
-    found += out.glob(".metrics.*.jsonl.tmp")
     return sorted(set(found))
 
 
@@ -129,9 +142,9 @@ def run_directory(path, parser_or_prog=None, *, resume=False, overwrite=False):
             tmp.unlink(missing_ok=True)
         if overwrite:
             clear_run_files(out)
-        elif not resume and _holds_run(out):
+        elif not resume and (held := _holds_run(out)):
             cli_error(parser_or_prog, f"--out {str(out)!r} already holds a run "
-                                      f"({', '.join(_holds_run(out))}); add --resume to continue "
+                                      f"({', '.join(held)}); add --resume to continue "
                                       "it, --overwrite to replace it, or choose another --out")
         yield out
     finally:

@@ -271,12 +271,7 @@ def _train(args, parser, log, xp, out):
                                  f"the features have {data.n_concepts}")
     config = _config(args, lr, coeff, data)
     if args.resume:
-        if common.resume_checkpoint(out) is None:
-            common.cli_error(parser, f"--resume: no checkpoint (last.npz) in {out}; run without --resume")
-        old = common.renamed_config(common.read_json(out / "config.json"))
-        diff = sorted(k for k in config if k != "steps" and old.get(k) != config[k])
-        if diff:
-            common.cli_error(parser, f"--resume: options differ from the saved run in {diff}")
+        common.check_resume(out, config, parser, "steps")
     x = xp.asarray(data.features.astype(dtype, copy=False))
     val = sd.fixed_games(data, args.val_games, args.game_size, sd.VALIDATION_SEED)
     test = sd.fixed_games(data, args.max_test, args.game_size, sd.TEST_SEED)

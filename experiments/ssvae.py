@@ -314,12 +314,7 @@ def _train(args, parser, log, xp, out):
     lr = args.lr if args.lr is not None else PAPER_LR[args.method]
     config = _config(args, lr)
     if args.resume:
-        if common.resume_checkpoint(out) is None:
-            common.cli_error(parser, f"--resume: no checkpoint (last.npz) in {out}; run without --resume")
-        old = common.renamed_config(common.read_json(out / "config.json"))
-        diff = {k for k in config if k != "epochs" and old.get(k) != config[k]}
-        if diff:
-            common.cli_error(parser, f"--resume: options differ from the saved run in {sorted(diff)}")
+        common.check_resume(out, config, parser, "epochs")
     data = load_data(args, parser)
     rng = np.random.default_rng(args.seed)
     model = SSVAE(rng, xp=xp, dtype=dtype)

@@ -44,13 +44,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import cli_error, make_parser, positive_int
+from experiments.common import cli_error, make_parser, positive_int, resume_checkpoint
 
 __all__ = ["SpecError", "Run", "load_spec", "expand", "run_state", "run_one", "run_local",
            "run_dask", "main"]
 
 EXPERIMENTS = ("bitvae", "ssvae", "signal_game")
-CHECKPOINTS = ("last.npz", "checkpoint.npz")
 SPEC_KEYS = {"experiment", "methods", "seeds", "grid", "options", "method_options"}
 RESERVED = {"method", "seed", "out", "resume", "overwrite"}
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -234,7 +233,7 @@ def run_state(run, root):
                 return "conflict", f"{out} holds another run: {shown}; move it or use another --root"
     if (out / "test.json").exists() and config_path.exists():
         return "done", ""
-    if config_path.exists() and any((out / c).exists() for c in CHECKPOINTS):
+    if config_path.exists() and resume_checkpoint(out) is not None:
         return "resume", ""
     return "new", ""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from experiments import sweep
-from experiments.common import untimed
+from experiments.common import CHECKPOINTS, untimed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "sweeps" / "tiny_signal_game.toml"
@@ -159,7 +159,7 @@ def test_dask_lost_worker_resumes_from_checkpoint(tmp_path):
         thread.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:        # both workers mid-run, past a checkpoint
-            started = [r for r in runs if any((root / r.name / c).exists() for c in sweep.CHECKPOINTS)
+            started = [r for r in runs if any((root / r.name / c).exists() for c in CHECKPOINTS)
                        and not (root / r.name / "test.json").exists()
                        and _epochs(root / r.name) <= 25]          # of 40: far from the end
             if len(started) >= 2:
