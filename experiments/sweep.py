@@ -423,7 +423,7 @@ def main(argv=None):
     try:
         spec = load_spec(args.spec)
         runs = expand(spec)
-        runs = expand(spec, experiment_options(runs[0].experiment))
+        runs = expand(spec, _options_cached(runs[0].experiment))     # run_one reuses the cache
     except SpecError as exc:
         cli_error(parser, str(exc))
     root = Path(args.root)
