@@ -10,12 +10,11 @@ as ``epoch``, ``train_elbo``, ``val_elbo``, ``rate``, ``distortion``,
 ``test.json``.  Missing keys are skipped: a figure with nothing to show is not
 written.  Matplotlib (Agg, no display needed) is imported inside the functions.
 """
-import math
 import sys
 from pathlib import Path
 
-from experiments.common import (atomic_open, cli_error, describe, differing_keys, experiment_of, make_parser,
-                                read_json, read_metrics)
+from experiments.common import (atomic_open, cli_error, describe, differing_keys, experiment_of, finite_or_none,
+                                make_parser, read_json, read_metrics)
 
 __all__ = ["load_run", "label_runs", "plot_run", "plot_runs", "main"]
 
@@ -52,20 +51,13 @@ def _read_optional_json(path):
     return read_json(path) if path.exists() else {}
 
 
-def _number(value):
-    """``value`` as a finite float, or None (missing, null, NaN, not a number)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _series(metrics, key):
     """``(epochs, values)`` of the records with a finite ``key`` (epoch defaults to 1, 2, ...)."""
     xs, ys = [], []
     for i, record in enumerate(metrics, 1):
-        y = _number(record.get(key))
+        y = finite_or_none(record.get(key))
         if y is not None:
-            xs.append(_number(record.get("epoch")) or i)
+            xs.append(finite_or_none(record.get("epoch")) or i)
             ys.append(y)
     return xs, ys
 
@@ -73,7 +65,7 @@ def _series(metrics, key):
 def _test_value(test, key):
     """``test[key]`` or ``test["test_" + key]`` as a finite float, else None."""
     for name in (key, "test_" + key):
-        if _number(test.get(name)) is not None:
+        if finite_or_none(test.get(name)) is not None:
             return float(test[name])
     return None
 
@@ -84,10 +76,10 @@ def _rd_point(run):
     if rate is not None and distortion is not None:
         return rate, distortion
     rows = [r for r in run["metrics"]
-            if _number(r.get("rate")) is not None and _number(r.get("distortion")) is not None]
+            if finite_or_none(r.get("rate")) is not None and finite_or_none(r.get("distortion")) is not None]
     if not rows:
         return None
-    best = [r for r in rows if _number(r.get("val_elbo")) is not None]
+    best = [r for r in rows if finite_or_none(r.get("val_elbo")) is not None]
     row = max(best, key=lambda r: r["val_elbo"]) if best else rows[-1]
     return row["rate"], row["distortion"]
 

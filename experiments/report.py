@@ -30,8 +30,8 @@ import math
 import sys
 from pathlib import Path
 
-from experiments.common import (atomic_open, cli_error, comparable, differing_keys, experiment_of, make_parser,
-                                read_json, read_metrics)
+from experiments.common import (atomic_open, cli_error, comparable, differing_keys, experiment_of, finite_or_none,
+                                make_parser, read_json, read_metrics)
 from experiments.report_paper import paper_table
 
 __all__ = ["load_sweep", "select", "summarize", "write_report", "main"]
@@ -95,15 +95,9 @@ def load_sweep(root):
     return kinds[0], runs
 
 
-def _number(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _first(record, keys):
     for key in keys:
-        if record and _number(record.get(key)) is not None:
+        if record and finite_or_none(record.get(key)) is not None:
             return float(record[key])
     return None
 
@@ -122,7 +116,7 @@ def _hyperparameters(runs, group_keys):
 def validation_key(experiment, runs):
     """The validation key the runs log (the first of ``VALIDATION[experiment]`` present)."""
     for key in VALIDATION[experiment]:
-        if any(_number(rec.get(key)) is not None for r in runs for rec in r["metrics"]):
+        if any(finite_or_none(rec.get(key)) is not None for r in runs for rec in r["metrics"]):
             return key
     return VALIDATION[experiment][0]
 

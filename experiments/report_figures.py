@@ -4,10 +4,10 @@ Each curve is the mean over seeds at the epochs every seed reached, with a band 
 standard error; legends name only what differs between the curves (the method, and the
 hyperparameters whose selected values differ).
 """
-import math
 from pathlib import Path
 
-from experiments.common import describe, differing_keys
+from experiments.common import describe, differing_keys, finite_or_none
+from experiments.report import stats
 
 __all__ = ["draw", "legend_labels", "mean_curve"]
 
@@ -17,29 +17,24 @@ TITLES = {"val_elbo": "validation ELBO", "train_elbo": "training ELBO", "val_acc
           "val_success": "validation success", "train_loss": "training loss"}
 
 
-def _finite(value):
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def mean_curve(runs, key):
     """``(epochs, mean, se)`` of ``key`` over the runs, at the epochs all of them logged."""
     series = []
     for run in runs:
         points = {}
         for i, rec in enumerate(run["metrics"], 1):
-            if _finite(rec.get(key)):
-                points[rec.get("epoch", i)] = float(rec[key])
+            value = finite_or_none(rec.get(key))
+            if value is not None:
+                points[rec.get("epoch", i)] = value
         series.append(points)
     if not series or not all(series):
         return [], [], []
     epochs = sorted(set.intersection(*(set(s) for s in series)))
     means, ses = [], []
     for e in epochs:
-        vals = [s[e] for s in series]
-        m = sum(vals) / len(vals)
-        sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-        means.append(m)
-        ses.append(sd / math.sqrt(len(vals)))
+        summary = stats([s[e] for s in series])
+        means.append(summary["mean"])
+        ses.append(summary["se"] or 0.0)             # one seed: no band
     return epochs, means, ses
 
 

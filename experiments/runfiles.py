@@ -7,6 +7,7 @@ with ``refimpl.backend.to_numpy`` first).
 """
 import contextlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -19,7 +20,7 @@ import numpy as np
 __all__ = ["atomic_open", "atomic_write_bytes", "write_json", "read_json",
            "save_checkpoint", "load_checkpoint", "MetricsLog", "read_metrics", "truncate_metrics",
            "summarize_calls", "run_seconds", "untimed", "TIMING_KEYS",
-           "experiment_of", "comparable", "differing_keys", "describe", "BOOKKEEPING_KEYS",
+           "experiment_of", "finite_or_none", "comparable", "differing_keys", "describe", "BOOKKEEPING_KEYS",
            "progress", "Progress", "RunClock", "format_seconds"]
 
 CHECKPOINT_FORMAT = "sparsemarg-checkpoint"
@@ -301,6 +302,13 @@ def experiment_of(config):
     if config.get("experiment"):
         return str(config["experiment"])
     return next((name for key, name in _EXPERIMENT_MARKS if key in config), "None")
+
+
+def finite_or_none(value):
+    """A JSON value as a finite float, or None (missing, null, NaN, inf, bool, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def comparable(value):
