@@ -58,7 +58,6 @@ class WorkingSet:
     K: Array
     Kinv: Array
     xi: Array
-    xi_old: Array
     active: Array
     count: Array
     done: Array

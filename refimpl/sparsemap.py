@@ -90,7 +90,7 @@ def _iterate(ws, oracle, tol):
     that some row needs.  Returns the number of rows now converged.
     """
     xp = xp_of(ws.tp)
-    n, D = ws.tp.shape
+    D = ws.tp.shape[1]
     xi_new, tau = ws.solve()
     has_neg = ~ws.done & xp.any(ws.active & (xi_new < 0), axis=1)          # (n,)
     # most violated vertex at the new weights: z = oracle(t - μ)
@@ -111,16 +111,16 @@ def _iterate(ws, oracle, tol):
     any_neg, any_add, grow, n_done = (int(f) for f in flags)
     if grow:                                       # one more chunk of slots
         ws.grow()
-        u, kcol, xi_new, ws.xi_old = (_pad(a, ws.slots) for a in (u, kcol, xi_new, ws.xi_old))
+        u, kcol, xi_new = (_pad(a, ws.slots) for a in (u, kcol, xi_new))
+    xi_old = ws.xi                                 # the feasible weights of this step's start
     ws.xi = xi_new
     if any_add:
         slot = xp.argmin(ws.active, axis=1)                                   # first free slot
         ws.insert(add, slot, Xz, kcol, kzz, bz, u, sigma)
     if any_neg:
-        xi_back, leave = step_back(ws.xi_old, xi_new, ws.active)
+        xi_back, leave = step_back(xi_old, xi_new, ws.active)
         ws.xi = xp.where(has_neg[:, None], xi_back, ws.xi)
         ws.remove(has_neg, leave)
-    ws.xi_old = ws.xi
     return n_done
 
 
@@ -233,7 +233,6 @@ def _active_set(ws, oracle, tol, max_iter, parts):
     """Iterate ``ws`` to convergence, appending ``(ids, vertices, weights)``
     of the finished rows to ``parts``; returns the iterations taken."""
     xp = xp_of(ws.tp)
-    ws.xi_old = ws.xi
     n_iter = 0
     while len(ws):
         if n_iter >= max_iter:
@@ -250,7 +249,6 @@ def _active_set(ws, oracle, tol, max_iter, parts):
             w = xp.where(done.active, done.xi, 0)
             parts.append((done.ids, V, w, _mix(V, w)))
             ws = ws.take(~ws.done)
-            ws.xi_old = ws.xi
     return n_iter
 
 
@@ -268,16 +266,12 @@ def _result(parts, N, lead, dtype, n_iter, oracle):
             V[ids, :Vp.shape[1]], xi[ids, :Vp.shape[1]], mu[ids] = Vp, wp, mp
     keep = xi > 0
     n_support = xp.sum(keep, axis=1)                                          # (N,)
-    S = max(int(xp.max(n_support)), 1)
-    if compact and V.shape[1] == S:                    # support first already
+    if compact:                      # the warm start's first_vertices put the support first
         weights, vertices = xi * keep, V
     else:
-        order = xp.argsort(~keep, axis=1, kind="stable")[:, :S]              # support first
-        rows = xp.arange(N)[:, None]
-        keep = keep[rows, order]                                              # (N, S)
-        weights = xi[rows, order] * keep
-        vertices = V[rows, order] * keep[:, :, None]                          # (N, S, D)
-    D = vertices.shape[2]
+        vertices, weights = first_vertices(V * keep[:, :, None], xi * keep)   # (N, S, D), (N, S)
+        keep = weights > 0
+    S, D = vertices.shape[1], vertices.shape[2]
     spans = _spans_face(oracle, vertices, keep, n_support)
     shape = lead + (S,)
     return SparseMAPResult(
