@@ -6,7 +6,6 @@ layer adds no math of its own beyond the chain rule through the structure's
 scores.  Re-exported from :mod:`nets.ops`.
 """
 import refimpl
-from refimpl._checks import check_k
 from refimpl.sparsemax import _sparsemax_last, _sparsemax_vjp   # checked-once internals
 from refimpl.topk import _kbest_bitvectors
 
@@ -60,11 +59,7 @@ def structured_topk(t, k):
 def _structured_topk(t, k, validate):
     """:func:`structured_topk`; ``validate=False`` for callers that checked that
     ``t`` is finite themselves (the estimators): no host sync in the forward."""
-    if validate:
-        bits, scores = refimpl.kbest_bitvectors(t.data, k)
-    else:
-        D = t.shape[-1]
-        bits, scores = _kbest_bitvectors(t.data, check_k(k, 2 ** D if D < 63 else None, "2^D"))
+    bits, scores = (refimpl.kbest_bitvectors if validate else _kbest_bitvectors)(t.data, k)
     bits = bits.astype(t.dtype)
     probs = _sparsemax_last(scores, validate=False)       # finite: kbest_bitvectors checked t
 

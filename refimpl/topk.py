@@ -125,15 +125,15 @@ def kbest_bitvectors(t: Array, k: int) -> Tuple[Array, Array]:
     Bits with ``t_i = 0`` are off in ``z*``.
     """
     check_scores(t, "t", allow_neg_inf=False)
-    D = t.shape[-1]
-    return _kbest_bitvectors(t, check_k(k, 2 ** D if D < 63 else None, "2^D"))
+    return _kbest_bitvectors(t, k)
 
 
 def _kbest_bitvectors(t, k):
     """:func:`kbest_bitvectors` for callers that validated ``t`` (finite, float,
-    at least one axis) and ``k`` themselves: no host sync."""
-    xp = xp_of(t)
+    at least one axis) themselves: ``k`` is still checked (on the host), no host sync."""
     D = t.shape[-1]
+    k = check_k(k, 2 ** D if D < 63 else None, "2^D")
+    xp = xp_of(t)
     lead = t.shape[:-1]
     t2 = t.reshape(-1, D)                                          # (N, D)
     best = t2 > 0                                                  # z*
