@@ -283,8 +283,10 @@ def _result(parts, N, lead, dtype, n_iter, oracle):
 
 
 def _mix(V, w):
-    """``μ = a_r + Σ_s ξ_s (a_s - a_r)`` with ``a_r = V[:, 0]``, an active
-    vertex: where all active vertices agree, ``μ_i`` is ``a_r,i`` exactly.
+    """``μ = a_r + Σ_s ξ_s (a_s - a_r)`` (Σ ξ = 1 over the active slots) with
+    ``a_r = V[:, 0]``, the first slot: while it is active, ``μ_i`` is ``a_r,i``
+    exactly where all active vertices agree; once the active set dropped it,
+    ``a_r = 0`` and this is ``Σ_s ξ_s a_s`` (right, without that exactness).
     (n, P, D), (n, P) -> (n, D)."""
     ref = V[:, 0, :]
     diff = (V - ref[:, None, :]) * (w > 0)[:, :, None]
