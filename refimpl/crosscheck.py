@@ -32,6 +32,7 @@ The pieces: loading and framework adapters (``_crosscheck_load``), comparison
 (``_crosscheck_reference``).
 """
 import argparse
+import dataclasses
 import fnmatch
 import json
 import sys
@@ -109,8 +110,7 @@ def run(mapping, impl, vjp=None, framework="numpy", golden_dir=None, cases=None,
     if framework not in FRAMEWORKS:
         raise UsageError(f"--framework must be one of {FRAMEWORKS}, got {framework!r}")
     if tol is None or tol_scale != 1.0:                # Tolerances validates every value
-        tol = tol or Tolerances()
-        tol = Tolerances(tol.fwd_atol, tol.fwd_rtol, tol.vjp_atol, tol.vjp_rtol, tol_scale)
+        tol = dataclasses.replace(tol or Tolerances(), scale=tol_scale)
     if case_timeout is not None:
         if not (isinstance(case_timeout, (int, float)) and case_timeout > 0):
             raise UsageError(f"--case-timeout must be a number of seconds > 0, got {case_timeout!r}")
@@ -161,7 +161,7 @@ def _run_isolated(mapping, impl, vjp, framework, golden_dir, selected, x64, jit,
     from ._crosscheck_isolate import run_isolated
     config = {"mapping": mapping, "impl": _spec(impl, "--impl"), "vjp": _spec(vjp, "--vjp"),
               "framework": framework, "x64": x64, "jit": jit,
-              "tol": {k: getattr(tol, k) for k in ("fwd_atol", "fwd_rtol", "vjp_atol", "vjp_rtol", "scale")}}
+              "tol": dataclasses.asdict(tol)}
     with tempfile.TemporaryDirectory(prefix="crosscheck-") as tmp:
         if not golden_dir:                             # the worker reads the selection from files
             golden.write_golden(tmp, selected)
@@ -219,7 +219,7 @@ def main(argv=None):
     tol = Tolerances(args.fwd_atol, args.fwd_rtol, args.vjp_atol, args.vjp_rtol, args.tol_scale)
     try:
         report = run(args.mapping, args.impl, args.vjp, args.framework, args.golden, args.cases,
-                     args.tol_scale, jit=not args.no_jit, tol=tol, isolate=args.isolate,
+                     jit=not args.no_jit, tol=tol, isolate=args.isolate,
                      case_timeout=args.case_timeout, stream=None if args.json else sys.stdout)
     except UsageError as exc:
         p.exit(2, f"crosscheck: {exc}\n")
