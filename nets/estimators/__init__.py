@@ -100,7 +100,9 @@ import numbers
 
 import numpy as np
 
-from .base import _REQUIRED, LATENTS, NAMES, Estimate, Estimator, NonFiniteLossError, _positive_int
+from refimpl.numerics import check_positive_int
+
+from .base import _REQUIRED, LATENTS, NAMES, Estimate, Estimator, NonFiniteLossError
 from .deterministic import (DenseSoftmax, ExactBits, SparseMAP, Sparsemax, StructuredTopK,
                             TopKSparsemax)
 from .sampling import SFE, GumbelSoftmax, SFEPlus, SumAndSample
@@ -112,7 +114,7 @@ __all__ = ["Estimate", "Estimator", "NonFiniteLossError", "make_estimator", "NAM
 
 # ================================================================== factory
 def _check_k(value):
-    return _positive_int(value, "option k")
+    return check_positive_int(value, "option k")
 
 
 def _check_budget(value):
@@ -145,7 +147,7 @@ def _check_temperature(value):
 
 
 def _check_max_iter(value):
-    return _positive_int(value, "option max_iter")
+    return check_positive_int(value, "option max_iter")
 
 
 def _check_tol(value):

@@ -7,11 +7,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from refimpl.backend import xp_of
-from refimpl.numerics import check_positive_int as _positive_int  # noqa: F401  (re-exported)
-from refimpl.numerics import one_hot as _one_hot  # noqa: F401  (used by sampling)
 
 from .. import ops
-from ..losses import bernoulli_entropy as _bernoulli_entropy  # noqa: F401  (used by the estimators)
 from ..autodiff import Tensor, is_grad_enabled
 
 

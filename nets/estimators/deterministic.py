@@ -7,8 +7,8 @@ from refimpl.enumeration import all_bitvectors
 
 from .. import ops
 from ..mappings import _structured_topk
-from .base import (MAX_EXACT_D, Estimate, Estimator, _bernoulli_entropy, _softmax_entropy,
-                   _sparse_entropy)
+from ..losses import bernoulli_entropy
+from .base import MAX_EXACT_D, Estimate, Estimator, _softmax_entropy, _sparse_entropy
 
 
 class _Deterministic(Estimator):
@@ -147,7 +147,7 @@ class ExactBits(_Deterministic):
                              f"<= {MAX_EXACT_D}, got D = {D}")
         A = t.xp.asarray(all_bitvectors(D, dtype=np.float64), dtype=t.dtype)   # (2^D, D)
         probs = ops.softmax(ops.matmul(t, A.T), axis=1)
-        return probs, A, _bernoulli_entropy(t)
+        return probs, A, bernoulli_entropy(t)
 
 
 # ============================================================ score function

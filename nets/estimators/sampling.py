@@ -5,10 +5,12 @@ import numbers
 
 import numpy as np
 
+from refimpl.numerics import one_hot
+
 from .. import ops
 from ..autodiff import Tensor
-from ..losses import _bernoulli_log_likelihood
-from .base import Estimate, Estimator, _bernoulli_entropy, _noise, _one_hot, _softmax_entropy
+from ..losses import _bernoulli_log_likelihood, bernoulli_entropy
+from .base import Estimate, Estimator, _noise, _softmax_entropy
 
 
 def _sample(scores, latent, rng, copies=1):
@@ -22,7 +24,7 @@ def _sample(scores, latent, rng, copies=1):
     data = xp.concatenate([scores.data] * copies, axis=0)
     if latent == "categorical":
         cols = xp.argmax(data + _noise(rng, "gumbel", data.shape, scores), axis=1)
-        return cols, _one_hot(cols, K, xp, scores.dtype)
+        return cols, one_hot(cols, K, xp, scores.dtype)
     z = (data + _noise(rng, "logistic", data.shape, scores) > 0).astype(scores.dtype)
     return None, z
 
@@ -36,7 +38,7 @@ def _log_q(scores, latent, cols, z):
 
 
 def _entropy_q(scores, latent):
-    return _softmax_entropy(scores) if latent == "categorical" else _bernoulli_entropy(scores)
+    return _softmax_entropy(scores) if latent == "categorical" else bernoulli_entropy(scores)
 
 
 class SFE(Estimator):
@@ -150,7 +152,7 @@ class SumAndSample(Estimator):
             idx, cols = xp.concatenate([idx_c, rows]), xp.concatenate([col_c, z_out])
         else:
             idx, cols = idx_c, col_c
-        loss = self._evaluate(loss_fn, idx, _one_hot(cols, K, xp, dtype), s)
+        loss = self._evaluate(loss_fn, idx, one_hot(cols, K, xp, dtype), s)
         pi = ops.softmax(s, axis=1)
         summed = (pi[idx_c, col_c] * loss[:B * k]).reshape(B, k).sum(axis=1)   # Σ_C π ℓ
         if sample:
@@ -198,7 +200,7 @@ class GumbelSoftmax(Estimator):
         if self.latent == "categorical":
             noisy = scores + _noise(rng, "gumbel", (B, K), scores)
             y = ops.softmax(noisy / tau, axis=1)
-            hard = _one_hot(xp.argmax(noisy.data, axis=1), K, xp, scores.dtype)
+            hard = one_hot(xp.argmax(noisy.data, axis=1), K, xp, scores.dtype)
         else:
             noisy = scores + _noise(rng, "logistic", (B, K), scores)
             y = ops.sigmoid(noisy / tau)
