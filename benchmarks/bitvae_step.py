@@ -51,28 +51,35 @@ def _images(n, data_dir=None, synthetic=False, prog=None):
                         "to time random bytes")
 
 
-def time_steps(xp, method, D, images, batches, batch=64):
-    """Seconds per step and decoded rows per step over ``batches`` steps (after 2 warm-up)."""
+def training_step(xp, method, options, D, images, batch, noise_seed=0):
+    """``(model, step)``: a fresh bit-VAE (init seed 0) with ``method``'s estimator and Adam
+    (lr 1e-3); ``step(s)`` trains on the ``s``-th batch of ``images`` (cycling) and returns
+    ``(objective, estimate)``.  The noise generator is ``default_rng(noise_seed)``."""
     model = BitVAE(D, np.random.default_rng(0), xp=xp)
-    est = make_estimator(method, "bits", **({"k": 10} if method == "topk" else {}))
-    opt, rng = Adam(model.parameters(), lr=1e-3), np.random.default_rng(0)
+    est = make_estimator(method, "bits", **options)
+    opt, rng = Adam(model.parameters(), lr=1e-3), np.random.default_rng(noise_seed)
     X = xp.asarray(images)
-    rows = 0
 
     def step(s):
-        x = X[(s * batch) % len(X):][:batch]
-        objective, e = batch_objective(model, est, x, rng)
+        objective, e = batch_objective(model, est, X[(s * batch) % len(X):][:batch], rng)
         opt.zero_grad()
         objective.backward()
         opt.step()
-        return int(e.calls.sum())
+        return objective, e
 
+    return model, step
+
+
+def time_steps(xp, method, D, images, batches, batch=64):
+    """Seconds per step and decoded rows per step over ``batches`` steps (after 2 warm-up)."""
+    model, step = training_step(xp, method, {"k": 10} if method == "topk" else {}, D, images, batch)
+    rows = 0
     for s in range(2):
         step(s)
     _sync(xp)
     start = time.perf_counter()
     for s in range(batches):
-        rows += step(s + 2)
+        rows += int(step(s + 2)[1].calls.sum())
     _sync(xp)
     seconds = time.perf_counter() - start
     return seconds / batches, rows / batches, model
