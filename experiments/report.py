@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from experiments.common import (atomic_open, cli_error, comparable, differing_keys, experiment_of, finite_or_none,
-                                make_parser, read_json, read_metrics)
+                                make_parser, read_json, read_metrics, stats)
 from experiments.report_paper import paper_table
 
 __all__ = ["load_sweep", "select", "summarize", "write_report", "main"]
@@ -122,19 +122,6 @@ def validation_key(experiment, runs):
 
 
 # =========================================================================== statistics
-
-def stats(values):
-    """``dict(n, mean, std, se, median)`` of a list of floats; ``std``/``se`` None for n < 2."""
-    n = len(values)
-    if n == 0:
-        return {"n": 0, "mean": None, "std": None, "se": None, "median": None}
-    mean = math.fsum(values) / n
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    ordered = sorted(values)
-    median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
-    return {"n": n, "mean": mean, "std": std, "se": None if std is None else std / math.sqrt(n),
-            "median": median}
-
 
 def best_validation(run, key):
     """A run's best (largest) validation ``key`` over its epochs, or None; warm-start epochs

@@ -6,8 +6,7 @@ hyperparameters whose selected values differ).
 """
 from pathlib import Path
 
-from experiments.common import describe, differing_keys, finite_or_none
-from experiments.report import stats
+from experiments.common import describe, differing_keys, finite_or_none, stats
 
 __all__ = ["draw", "legend_labels", "mean_curve"]
 

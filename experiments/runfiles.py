@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["atomic_open", "atomic_write_bytes", "write_json", "read_json",
            "save_checkpoint", "load_checkpoint", "MetricsLog", "read_metrics", "truncate_metrics",
-           "summarize_calls", "run_seconds", "untimed", "TIMING_KEYS",
+           "summarize_calls", "stats", "run_seconds", "untimed", "TIMING_KEYS",
            "experiment_of", "finite_or_none", "comparable", "differing_keys", "describe", "BOOKKEEPING_KEYS",
            "progress", "Progress", "RunClock", "format_seconds"]
 
@@ -265,6 +265,20 @@ def summarize_calls(calls, prefix=""):
     p10, p25, p50, p75, p90 = np.percentile(calls, [10, 25, 50, 75, 90])
     stats = {"mean": calls.mean(), "median": p50, "p10": p10, "p25": p25, "p75": p75, "p90": p90}
     return {prefix + k: float(v) for k, v in stats.items()}
+
+
+def stats(values):
+    """``dict(n, mean, std, se, median)`` of a list of floats (e.g. one test figure over
+    seeds): sample std (``ddof=1``) and ``se = std / sqrt(n)``, both None for n < 2."""
+    n = len(values)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "se": None, "median": None}
+    mean = math.fsum(values) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    ordered = sorted(values)
+    median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    return {"n": n, "mean": mean, "std": std, "se": None if std is None else std / math.sqrt(n),
+            "median": median}
 
 
 # test.json keys that measure time: equal runs differ only in these
